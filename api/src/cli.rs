@@ -1,0 +1,73 @@
+//! Operator commands: `conveyor-api migrate` and `conveyor-api keys create|list|revoke`.
+
+use clap::Subcommand;
+use conveyor_shared::{
+    db,
+    keys::{ApiKey, Scope},
+};
+
+use crate::config::Config;
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key and print its token once (only a hash is stored).
+    Create {
+        #[arg(long)]
+        tenant: String,
+        /// jobs:write, jobs:read or admin; repeat for several.
+        #[arg(long = "scope", required = true, value_parser = parse_scope)]
+        scopes: Vec<Scope>,
+        /// A label to recognise the key by.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// List keys (never their tokens).
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Revoke a key by id; requests with its token are refused from now on.
+    Revoke { id: uuid::Uuid },
+}
+
+fn parse_scope(s: &str) -> Result<Scope, String> {
+    Scope::parse(s).ok_or_else(|| format!("unknown scope {s:?}; use jobs:write, jobs:read or admin"))
+}
+
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    db::connect_and_migrate(&config.database).await?;
+    println!("migrations applied");
+    Ok(())
+}
+
+pub async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
+    let pool = db::connect_and_migrate(&config.database).await?;
+    match command {
+        KeysCommand::Create { tenant, scopes, name } => {
+            let (key, token) = ApiKey::create(&pool, &tenant, &name, &scopes).await?;
+            println!("id:     {}", key.id);
+            println!("tenant: {}", key.tenant);
+            println!("scopes: {}", key.scopes.join(" "));
+            println!("token:  {token}");
+            eprintln!("store the token now: it is not shown again");
+        }
+        KeysCommand::List { tenant } => {
+            println!("{:<36}  {:<16}  {:<10}  {:<28}  {:<8}  NAME", "ID", "TENANT", "TOKEN", "SCOPES", "STATUS");
+            for key in ApiKey::list(&pool, tenant.as_deref()).await? {
+                let status = if key.revoked_at.is_some() { "revoked" } else { "active" };
+                println!(
+                    "{:<36}  {:<16}  {:<10}  {:<28}  {:<8}  {}",
+                    key.id, key.tenant, format!("{}…", key.token_prefix), key.scopes.join(","), status, key.name
+                );
+            }
+        }
+        KeysCommand::Revoke { id } => {
+            if ApiKey::revoke(&pool, id).await? {
+                println!("revoked {id}");
+            } else {
+                anyhow::bail!("no active key with id {id}");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,129 @@
+//! Every error the API returns, rendered as RFC 9457 `application/problem+json` with a stable
+//! machine-readable `code`. Handlers return `Result<_, ApiError>` and use `?`.
+
+use axum::{
+    Json,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use conveyor_shared::{enqueue::{EnqueueError, FieldError}, keys::Scope};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("the body is not valid JSON: {0}")]
+    MalformedJson(String),
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
+    #[error("the request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("the request is invalid")]
+    Validation(Vec<FieldError>),
+    #[error("{0}")]
+    BadHeader(String),
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    #[error("this key lacks the {0} scope")]
+    Forbidden(Scope),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("this Idempotency-Key was already used with a different request body")]
+    IdempotencyConflict,
+    #[error("internal error")]
+    Internal(#[from] anyhow::Error),
+}
+
+/// The problem document (RFC 9457) plus Conveyor's extensions.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub title: &'static str,
+    pub status: u16,
+    pub detail: String,
+    /// Stable machine-readable error code.
+    pub code: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<FieldError>>,
+    /// For 5xx: quote it when reporting; the details are in the server log under this id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        use ApiError::*;
+        match self {
+            MalformedJson(_) => (StatusCode::BAD_REQUEST, "malformed_json", "Malformed JSON"),
+            UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "Unsupported media type")
+            }
+            PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "Payload too large"),
+            Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", "Validation failed"),
+            BadHeader(_) => (StatusCode::BAD_REQUEST, "invalid_header", "Invalid header"),
+            Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
+            NotFound(_) => (StatusCode::NOT_FOUND, "not_found", "Not found"),
+            IdempotencyConflict => (StatusCode::CONFLICT, "idempotency_conflict", "Idempotency key reused"),
+            Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "Internal error"),
+        }
+    }
+
+    /// One field is wrong.
+    pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Validation(vec![FieldError::new(field, message)])
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Internal(e.into())
+    }
+}
+
+impl From<EnqueueError> for ApiError {
+    fn from(e: EnqueueError) -> Self {
+        match e {
+            EnqueueError::IdempotencyConflict => Self::IdempotencyConflict,
+            EnqueueError::Database(e) => e.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, title) = self.parts();
+        let mut problem = Problem {
+            type_: format!("https://conveyor.dev/problems/{}", code.replace('_', "-")),
+            title,
+            status: status.as_u16(),
+            detail: self.to_string(),
+            code,
+            errors: None,
+            request_id: None,
+        };
+        match self {
+            ApiError::Validation(errors) => {
+                problem.detail = match errors.as_slice() {
+                    [one] => format!("{}: {}", one.field, one.message),
+                    many => format!("{} fields are invalid", many.len()),
+                };
+                problem.errors = Some(errors);
+            }
+            ApiError::Internal(e) => {
+                let id = uuid::Uuid::new_v4().to_string();
+                tracing::error!(request_id = %id, error = ?e, "request failed");
+                problem.request_id = Some(id);
+            }
+            _ => {}
+        }
+        let mut response = (status, Json(problem)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}

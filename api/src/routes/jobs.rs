@@ -1,0 +1,227 @@
+//! `/v1/jobs`: enqueue (one or a batch), read one, list.
+//!
+//! Every query is scoped to the caller's tenant in SQL: another tenant's job is a 404, not a 403.
+
+use axum::{
+    Json,
+    extract::{Path, Query, Request, State},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use chrono::Utc;
+use conveyor_shared::{
+    Job, JobId, JobState,
+    enqueue::{self, BatchRequest, EnqueueRequest, Enqueued, IdempotencyKey},
+    job::JobFilter,
+    keys::Scope,
+};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::{auth::Caller, body, error::ApiError, error::Problem, startup::AppState};
+
+const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+const DEFAULT_PAGE: i64 = 50;
+const MAX_PAGE: i64 = 500;
+
+/// A batch answer, or a page of jobs.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobList {
+    pub jobs: Vec<Job>,
+    /// Pass as `cursor` to get the next page; absent on the last page and on batch answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// Enqueue one job.
+#[utoipa::path(
+    post, path = "/v1/jobs", tag = "jobs",
+    request_body = EnqueueRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Replays of the same key and body return the original job")),
+    responses(
+        (status = 201, description = "Created", body = Job),
+        (status = 200, description = "Idempotent replay: the original job", body = Job),
+        (status = 400, description = "Malformed JSON", body = Problem),
+        (status = 401, description = "Missing or bad token", body = Problem),
+        (status = 403, description = "Missing scope jobs:write", body = Problem),
+        (status = 409, description = "Idempotency-Key reused with a different body", body = Problem),
+        (status = 413, description = "Body too large", body = Problem),
+        (status = 422, description = "Invalid request; `errors` names each field", body = Problem),
+    ),
+    security(("bearer" = ["jobs:write"]))
+)]
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let principal = caller.require(Scope::JobsWrite)?;
+    let idem = idempotency_key(&headers)?;
+    let (req, raw): (EnqueueRequest, _) = body::json(request, state.limits.max_body_bytes).await?;
+    let job = req.validate(&state.limits.enqueue, "", Utc::now()).map_err(ApiError::Validation)?;
+    let idem = idem.map(|k| IdempotencyKey::new(k, "job", &raw));
+    match enqueue::enqueue(&state.pool, &principal.tenant, vec![job], idem).await? {
+        Enqueued::Created(mut jobs) => {
+            let job = jobs.remove(0);
+            let location = format!("/v1/jobs/{}", job.id);
+            Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(job)).into_response())
+        }
+        Enqueued::Replayed(mut jobs) if !jobs.is_empty() => Ok((StatusCode::OK, Json(jobs.remove(0))).into_response()),
+        Enqueued::Replayed(_) => Err(ApiError::NotFound("the job this Idempotency-Key created")),
+    }
+}
+
+/// Enqueue up to 1000 jobs at once; any invalid job rejects the whole batch.
+#[utoipa::path(
+    post, path = "/v1/jobs/batch", tag = "jobs",
+    request_body = BatchRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Replays of the same key and body return the original jobs")),
+    responses(
+        (status = 201, description = "Created, in request order", body = JobList),
+        (status = 200, description = "Idempotent replay", body = JobList),
+        (status = 409, description = "Idempotency-Key reused with a different body", body = Problem),
+        (status = 413, description = "Body too large", body = Problem),
+        (status = 422, description = "Invalid batch; fields are named `jobs[i].field`", body = Problem),
+    ),
+    security(("bearer" = ["jobs:write"]))
+)]
+pub async fn create_batch(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let principal = caller.require(Scope::JobsWrite)?;
+    let idem = idempotency_key(&headers)?;
+    let (req, raw): (BatchRequest, _) = body::json(request, state.limits.max_batch_body_bytes).await?;
+    let jobs = req.validate(&state.limits.enqueue, Utc::now()).map_err(ApiError::Validation)?;
+    let idem = idem.map(|k| IdempotencyKey::new(k, "batch", &raw));
+    let (status, jobs) = match enqueue::enqueue(&state.pool, &principal.tenant, jobs, idem).await? {
+        Enqueued::Created(jobs) => (StatusCode::CREATED, jobs),
+        Enqueued::Replayed(jobs) => (StatusCode::OK, jobs),
+    };
+    Ok((status, Json(JobList { jobs, next_cursor: None })).into_response())
+}
+
+/// One job with its attempts log.
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "The job, with `attempts_log`", body = Job),
+        (status = 404, description = "No such job for this tenant", body = Problem),
+    ),
+    security(("bearer" = ["jobs:read"]))
+)]
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Job>, ApiError> {
+    let principal = caller.require(Scope::JobsRead)?;
+    let id: JobId = id.parse().map_err(|_| ApiError::NotFound("job"))?;
+    Job::get(&state.pool, &principal.tenant, id)
+        .await?
+        .map(Json)
+        .ok_or(ApiError::NotFound("job"))
+}
+
+/// Filters and page of `GET /v1/jobs`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    pub queue: Option<String>,
+    /// scheduled, queued, running, succeeded, retrying, dead or cancelled
+    pub state: Option<String>,
+    pub kind: Option<String>,
+    pub schedule_id: Option<String>,
+    /// 1..=500, default 50
+    pub limit: Option<String>,
+    /// `next_cursor` of the previous page
+    pub cursor: Option<String>,
+}
+
+impl ListParams {
+    fn into_filter(self) -> Result<JobFilter, ApiError> {
+        let mut errors = Vec::new();
+        let mut field = |name: &str, message: String| {
+            errors.push(conveyor_shared::enqueue::FieldError::new(name, message))
+        };
+        let state = self.state.as_deref().and_then(|s| {
+            let parsed = JobState::parse(s);
+            if parsed.is_none() {
+                let known: Vec<_> = JobState::ALL.iter().map(|s| s.as_str()).collect();
+                field("state", format!("unknown state {s:?}; one of {}", known.join(", ")));
+            }
+            parsed
+        });
+        let limit = match self.limit.as_deref().map(str::parse::<i64>) {
+            None => DEFAULT_PAGE,
+            Some(Ok(n)) if (1..=MAX_PAGE).contains(&n) => n,
+            Some(_) => {
+                field("limit", format!("must be an integer from 1 to {MAX_PAGE}"));
+                DEFAULT_PAGE
+            }
+        };
+        let before = self.cursor.as_deref().and_then(|c| {
+            let parsed = c.parse::<JobId>().ok();
+            if parsed.is_none() {
+                field("cursor", "not a cursor returned by this API".into());
+            }
+            parsed
+        });
+        let schedule_id = self.schedule_id.as_deref().and_then(|s| {
+            let parsed = s.parse::<uuid::Uuid>().ok();
+            if parsed.is_none() {
+                field("schedule_id", "must be a UUID".into());
+            }
+            parsed
+        });
+        if !errors.is_empty() {
+            return Err(ApiError::Validation(errors));
+        }
+        Ok(JobFilter { queue: self.queue, state, kind: self.kind, schedule_id, before, limit })
+    }
+}
+
+/// The caller's jobs, newest first, keyset-paginated.
+#[utoipa::path(
+    get, path = "/v1/jobs", tag = "jobs",
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of jobs", body = JobList),
+        (status = 422, description = "Bad filter or cursor", body = Problem),
+    ),
+    security(("bearer" = ["jobs:read"]))
+)]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(params): Query<ListParams>,
+) -> Result<Json<JobList>, ApiError> {
+    let principal = caller.require(Scope::JobsRead)?;
+    let mut filter = params.into_filter()?;
+    let limit = filter.limit;
+    filter.limit = limit + 1; // one extra row tells whether there is a next page
+    let mut jobs = Job::list(&state.pool, &principal.tenant, &filter).await?;
+    let next_cursor = if jobs.len() as i64 > limit {
+        jobs.truncate(limit as usize);
+        jobs.last().map(|j| j.id.to_string())
+    } else {
+        None
+    };
+    Ok(Json(JobList { jobs, next_cursor }))
+}
+
+/// The Idempotency-Key header, if any: 1 to 255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_HEADER) else { return Ok(None) };
+    let key = value.to_str().unwrap_or_default();
+    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::BadHeader(
+            "Idempotency-Key must be 1 to 255 visible ASCII characters".into(),
+        ));
+    }
+    Ok(Some(key.to_owned()))
+}

@@ -1,0 +1,4 @@
+//! HTTP routes, one file per resource.
+
+pub mod jobs;
+pub mod meta;

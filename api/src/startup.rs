@@ -1,0 +1,125 @@
+//! Building the api: database (created and migrated), bootstrap key, router, relay.
+//! `Application::build` binds the port, so tests can ask for port 0 and read the real one.
+
+use std::{net::SocketAddr, sync::Arc, time::Instant};
+
+use axum::{
+    Router,
+    extract::{MatchedPath, Request},
+    middleware::{self, Next},
+    response::Response,
+    routing::{get, post},
+};
+use conveyor_shared::{
+    db, enqueue,
+    health::Health,
+    keys::ApiKey,
+    probe,
+    relay::Relay,
+};
+use secrecy::ExposeSecret;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tower_http::trace::TraceLayer;
+
+use crate::{config::Config, routes};
+
+/// What handlers share: the pool and the request limits. Nothing else.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub limits: Arc<Limits>,
+}
+
+#[derive(Debug)]
+pub struct Limits {
+    pub enqueue: enqueue::Limits,
+    pub max_body_bytes: usize,
+    pub max_batch_body_bytes: usize,
+}
+
+pub struct Application {
+    listener: tokio::net::TcpListener,
+    router: Router,
+    relay: Option<Relay>,
+    pub pool: PgPool,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let pool = db::connect_and_migrate(&config.database).await?;
+        if let Some(token) = &config.bootstrap_token {
+            ApiKey::ensure_bootstrap(&pool, token.expose_secret()).await?;
+        }
+        let health = Health::new(pool.clone());
+        let state = AppState {
+            pool: pool.clone(),
+            limits: Arc::new(Limits {
+                enqueue: enqueue::Limits { queues: config.queues.clone(), max_batch: config.max_batch_jobs },
+                max_body_bytes: config.max_body_bytes,
+                max_batch_body_bytes: config.max_batch_body_bytes,
+            }),
+        };
+        let relay = config.run_relay.then(|| Relay {
+            pool: pool.clone(),
+            broker: config.broker.clone(),
+            queues: config.queues.clone(),
+            config: config.relay.clone(),
+            health: health.clone(),
+        });
+        if relay.is_none() {
+            // Without a relay this process never learns the broker's state; do not hold
+            // readiness hostage to it.
+            health.set_broker_connected(true);
+        }
+        let listener = tokio::net::TcpListener::bind(config.addr).await?;
+        Ok(Self { listener, router: router(state, health), relay, pool })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown`, then lets the relay finish its batch.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        tracing::info!(addr = %self.local_addr(), "api listening");
+        let relay = self.relay.map(|relay| tokio::spawn(relay.run(shutdown.clone())));
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await?;
+        if let Some(relay) = relay {
+            relay.await?;
+        }
+        Ok(())
+    }
+}
+
+pub fn router(state: AppState, health: Health) -> Router {
+    let api = Router::new()
+        .route("/v1/jobs", post(routes::jobs::create).get(routes::jobs::list))
+        .route("/v1/jobs/batch", post(routes::jobs::create_batch))
+        .route("/v1/jobs/{id}", get(routes::jobs::get))
+        .route("/openapi.json", get(routes::meta::openapi))
+        .with_state(state);
+    api.merge(probe::router(health))
+        .layer(middleware::from_fn(http_metrics))
+        .layer(TraceLayer::new_for_http())
+}
+
+/// Request count and latency by route template (never by raw path: ids would explode the labels).
+async fn http_metrics(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = request.method().to_string();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("conveyor_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("conveyor_http_request_duration_seconds", "method" => method, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}

@@ -1,0 +1,11 @@
+//! Conveyor's scheduler process. Today it runs an outbox relay (so delayed jobs and retries are
+//! published even when no api runs) and its probe server; cron schedules arrive in a later step.
+#![forbid(unsafe_code)]
+
+/// The scheduler's configuration, from the environment.
+pub mod config;
+/// Wiring: probe server and relay, until shutdown.
+pub mod app;
+
+pub use app::run;
+pub use config::Config;

@@ -1,0 +1,247 @@
+//! Jobs: the stored row, its state machine, and the queries that read it.
+//!
+//! Every state change is one SQL statement guarded by `WHERE state = ...`, so races between
+//! relays, workers and the API are decided by Postgres, not by code that reads then writes.
+//! Claims and completions live in [`lifecycle`].
+
+pub mod lifecycle;
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::{PgExecutor, PgPool};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// A job's identifier: a UUIDv7, so ids sort by creation time and double as list cursors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(sqlx::Type, ToSchema)]
+#[sqlx(transparent)]
+#[serde(transparent)]
+#[schema(value_type = String, format = Uuid)]
+pub struct JobId(pub Uuid);
+
+impl JobId {
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+}
+
+impl Default for JobId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::str::FromStr for JobId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(Self)
+    }
+}
+
+/// Where a job is in its life. `scheduled` → `queued` → `running` → `succeeded` | `retrying`
+/// (back to `queued` when due) | `dead` | `cancelled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type, ToSchema)]
+#[sqlx(type_name = "job_state", rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    Scheduled,
+    Queued,
+    Running,
+    Succeeded,
+    Retrying,
+    Dead,
+    Cancelled,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 7] = [
+        Self::Scheduled,
+        Self::Queued,
+        Self::Running,
+        Self::Succeeded,
+        Self::Retrying,
+        Self::Dead,
+        Self::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Scheduled => "scheduled",
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Retrying => "retrying",
+            Self::Dead => "dead",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// A finished job never runs again unless an operator retries it.
+    pub fn is_finished(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Dead | Self::Cancelled)
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A job as stored and as the API returns it (internal bookkeeping is not serialised).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
+pub struct Job {
+    pub id: JobId,
+    #[serde(skip)]
+    pub tenant: String,
+    pub kind: String,
+    pub queue: String,
+    pub state: JobState,
+    #[schema(value_type = Object)]
+    pub payload: serde_json::Value,
+    pub priority: i16,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub timeout_secs: i32,
+    pub run_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tick: Option<DateTime<Utc>>,
+    #[serde(skip)]
+    pub published_at: Option<DateTime<Utc>>,
+    #[serde(skip)]
+    pub worker: Option<String>,
+    #[serde(skip)]
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// Present on `GET /v1/jobs/{id}` only.
+    #[sqlx(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts_log: Option<Vec<Attempt>>,
+}
+
+/// One attempt at running a job.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, ToSchema)]
+pub struct Attempt {
+    pub attempt: i32,
+    pub worker: String,
+    pub started_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// `succeeded`, `failed`, `timed_out`, `lost` or `cancelled`; absent while running.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Filters of `GET /v1/jobs`.
+#[derive(Debug, Default, Clone)]
+pub struct JobFilter {
+    pub queue: Option<String>,
+    pub state: Option<JobState>,
+    pub kind: Option<String>,
+    pub schedule_id: Option<Uuid>,
+    /// Return jobs older than this one (the previous page's last id).
+    pub before: Option<JobId>,
+    pub limit: i64,
+}
+
+/// Queue names: short, lowercase, safe inside a RabbitMQ queue name and a metric label.
+pub fn valid_queue_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+impl Job {
+    /// One job of a tenant, with its attempts log.
+    pub async fn get(pool: &PgPool, tenant: &str, id: JobId) -> sqlx::Result<Option<Job>> {
+        let job: Option<Job> = sqlx::query_as("SELECT * FROM jobs WHERE tenant = $1 AND id = $2")
+            .bind(tenant)
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+        let Some(mut job) = job else { return Ok(None) };
+        job.attempts_log = Some(Attempt::for_job(pool, id).await?);
+        Ok(Some(job))
+    }
+
+    /// Jobs of a tenant by id, in the order of `ids` (missing ones are left out).
+    pub async fn get_many(
+        db: impl PgExecutor<'_>,
+        tenant: &str,
+        ids: &[JobId],
+    ) -> sqlx::Result<Vec<Job>> {
+        let mut jobs: Vec<Job> =
+            sqlx::query_as("SELECT * FROM jobs WHERE tenant = $1 AND id = ANY($2)")
+                .bind(tenant)
+                .bind(ids)
+                .fetch_all(db)
+                .await?;
+        jobs.sort_by_key(|j| ids.iter().position(|id| *id == j.id));
+        Ok(jobs)
+    }
+
+    /// A page of a tenant's jobs, newest first. Keyset pagination on the time-ordered id.
+    pub async fn list(pool: &PgPool, tenant: &str, filter: &JobFilter) -> sqlx::Result<Vec<Job>> {
+        sqlx::query_as(
+            "SELECT * FROM jobs
+             WHERE tenant = $1
+               AND ($2::text IS NULL OR queue = $2)
+               AND ($3::job_state IS NULL OR state = $3)
+               AND ($4::text IS NULL OR kind = $4)
+               AND ($5::uuid IS NULL OR schedule_id = $5)
+               AND ($6::uuid IS NULL OR id < $6)
+             ORDER BY id DESC
+             LIMIT $7",
+        )
+        .bind(tenant)
+        .bind(&filter.queue)
+        .bind(filter.state)
+        .bind(&filter.kind)
+        .bind(filter.schedule_id)
+        .bind(filter.before)
+        .bind(filter.limit)
+        .fetch_all(pool)
+        .await
+    }
+}
+
+impl Attempt {
+    pub async fn for_job(pool: &PgPool, id: JobId) -> sqlx::Result<Vec<Attempt>> {
+        sqlx::query_as(
+            "SELECT attempt, worker, started_at, finished_at, outcome, error
+             FROM job_attempts WHERE job_id = $1 ORDER BY attempt",
+        )
+        .bind(id)
+        .fetch_all(pool)
+        .await
+    }
+}

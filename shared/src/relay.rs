@@ -1,0 +1,225 @@
+//! The outbox relay: moves due jobs from Postgres to RabbitMQ.
+//!
+//! Guarantee: a job is marked published only after RabbitMQ confirmed it (persistent message,
+//! publisher confirms, mandatory routing). If anything fails in between, the transaction rolls
+//! back and the job is published again later; a duplicate message is harmless because the
+//! worker's claim only succeeds on a `queued` job. While RabbitMQ is away, jobs simply wait in
+//! Postgres and the relay reconnects with backoff.
+
+use std::time::{Duration, Instant};
+
+use lapin::{BasicProperties, Channel, Connection, options::*};
+use sqlx::{PgPool, postgres::PgListener};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    broker::{self, Backoff, JobMessage},
+    config::{self, BrokerConfig, ConfigError},
+    health::Health,
+    outbox,
+};
+
+/// The Postgres NOTIFY channel that wakes relays when jobs become due.
+pub const OUTBOX_CHANNEL: &str = "conveyor_outbox";
+
+/// Relay tuning, from `CONVEYOR_RELAY_*`.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Jobs published per transaction.
+    pub batch_size: i64,
+    /// How often to look for due jobs without a notification (scheduled jobs, retries).
+    pub poll_interval: Duration,
+    /// How long to wait for RabbitMQ to confirm a batch before giving up on the connection.
+    pub confirm_timeout: Duration,
+}
+
+impl RelayConfig {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(Self {
+            batch_size: config::parse_or("CONVEYOR_RELAY_BATCH", 500)?,
+            poll_interval: config::millis_or("CONVEYOR_RELAY_POLL_MS", 250)?,
+            confirm_timeout: config::millis_or("CONVEYOR_RELAY_CONFIRM_TIMEOUT_MS", 10_000)?,
+        })
+    }
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 500,
+            poll_interval: Duration::from_millis(250),
+            confirm_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("RabbitMQ refused (nacked) a message")]
+    Nacked,
+    #[error("RabbitMQ could not route a message to {0} (queue missing?)")]
+    Unroutable(String),
+    #[error("no publisher confirm within {0:?}")]
+    ConfirmTimeout(Duration),
+    #[error("broker connection closed")]
+    Disconnected,
+}
+
+pub struct Relay {
+    pub pool: PgPool,
+    pub broker: BrokerConfig,
+    pub queues: Vec<String>,
+    pub config: RelayConfig,
+    pub health: Health,
+}
+
+struct Session {
+    connection: Connection,
+    channel: Channel,
+}
+
+impl Relay {
+    /// Runs until `shutdown` is cancelled. Never returns early: broker and database failures
+    /// are logged and retried.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new(self.broker.reconnect_min, self.broker.reconnect_max);
+        while !shutdown.is_cancelled() {
+            let session = match self.open().await {
+                Ok(session) => session,
+                Err(e) => {
+                    self.health.set_broker_connected(false);
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "relay cannot reach RabbitMQ");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => continue,
+                    }
+                }
+            };
+            self.health.set_broker_connected(true);
+            backoff.reset();
+            tracing::info!("relay connected to RabbitMQ");
+            let outcome = self.pump(&session, &shutdown).await;
+            self.health.set_broker_connected(false);
+            let _ = session.connection.close(200, "relay stopping".into()).await;
+            match outcome {
+                Ok(()) => break,
+                Err(e) => tracing::warn!(error = %e, "relay lost RabbitMQ; reconnecting"),
+            }
+        }
+        tracing::info!("relay stopped");
+    }
+
+    async fn open(&self) -> Result<Session, lapin::Error> {
+        let connection = broker::connect(&self.broker, "relay").await?;
+        let channel = connection.create_channel().await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        broker::declare_queues(&channel, &self.broker, &self.queues).await?;
+        Ok(Session { connection, channel })
+    }
+
+    /// Publishes batches until the broker fails (Err) or shutdown (Ok).
+    async fn pump(&self, session: &Session, shutdown: &CancellationToken) -> Result<(), RelayError> {
+        let mut listener = match PgListener::connect_with(&self.pool).await {
+            Ok(mut l) => match l.listen(OUTBOX_CHANNEL).await {
+                Ok(()) => Some(l),
+                Err(e) => {
+                    tracing::warn!(error = %e, "relay cannot LISTEN; polling only");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "relay cannot LISTEN; polling only");
+                None
+            }
+        };
+        loop {
+            match self.publish_batch(&session.channel).await {
+                // A full batch: there is probably more, go again at once.
+                Ok(n) if n as i64 >= self.config.batch_size => continue,
+                Ok(_) => {}
+                Err(RelayError::Database(e)) => {
+                    tracing::warn!(error = %e, "relay cannot read the outbox; will retry");
+                }
+                Err(e) => return Err(e),
+            }
+            if !session.connection.status().connected() {
+                return Err(RelayError::Disconnected);
+            }
+            let wake = async {
+                match listener.as_mut() {
+                    Some(l) => {
+                        if l.recv().await.is_err() {
+                            tokio::time::sleep(self.config.poll_interval).await;
+                        }
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = wake => {}
+                _ = tokio::time::sleep(self.config.poll_interval) => {}
+            }
+        }
+    }
+
+    /// Publishes one batch of due jobs in one transaction; returns how many went out.
+    #[tracing::instrument(name = "relay.publish_batch", skip_all, fields(jobs))]
+    async fn publish_batch(&self, channel: &Channel) -> Result<usize, RelayError> {
+        let started = Instant::now();
+        let mut tx = self.pool.begin().await?;
+        let due = outbox::fetch_due(&mut tx, self.config.batch_size).await?;
+        if due.is_empty() {
+            return Ok(0);
+        }
+        tracing::Span::current().record("jobs", due.len());
+        // Send everything first, then wait for the confirms together: the broker confirms a
+        // pipelined batch about as fast as a single message.
+        let mut confirms = Vec::with_capacity(due.len());
+        for job in &due {
+            let body = serde_json::to_vec(&JobMessage { id: job.id, kind: job.kind.clone() })
+                .expect("a JobMessage always serialises");
+            let props = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/json".into())
+                .with_message_id(job.id.to_string().into())
+                .with_type(job.kind.clone().into());
+            let queue = broker::queue_name(&self.broker, &job.queue);
+            let confirm = channel
+                .basic_publish(
+                    "".into(),
+                    queue.clone().into(),
+                    BasicPublishOptions { mandatory: true, ..Default::default() },
+                    &body,
+                    props,
+                )
+                .await?;
+            confirms.push((queue, confirm));
+        }
+        for (queue, confirm) in confirms {
+            let confirmation = tokio::time::timeout(self.config.confirm_timeout, confirm)
+                .await
+                .map_err(|_| RelayError::ConfirmTimeout(self.config.confirm_timeout))??;
+            if !confirmation.is_ack() {
+                return Err(RelayError::Nacked);
+            }
+            if confirmation.take_message().is_some() {
+                return Err(RelayError::Unroutable(queue));
+            }
+        }
+        let ids: Vec<_> = due.iter().map(|j| j.id).collect();
+        outbox::mark_published(&mut tx, &ids).await?;
+        tx.commit().await?;
+        for job in &due {
+            metrics::counter!("conveyor_relay_published_total", "queue" => job.queue.clone()).increment(1);
+        }
+        metrics::histogram!("conveyor_relay_batch_seconds").record(started.elapsed().as_secs_f64());
+        tracing::debug!(jobs = due.len(), elapsed_ms = started.elapsed().as_millis() as u64, "published batch");
+        Ok(due.len())
+    }
+}

@@ -1,0 +1,31 @@
+//! Starts a worker: Postgres pool, probe server and consumer, until shutdown.
+
+use std::sync::Arc;
+
+use conveyor_shared::{db, health::Health, probe};
+use tokio_util::sync::CancellationToken;
+
+use crate::{config::Config, consumer::Consumer, handlers::Registry};
+
+/// Runs a worker until `shutdown` is cancelled and its in-flight jobs are done.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let pool = db::connect(&config.database).await?;
+    let health = Health::new(pool.clone());
+    let listener = tokio::net::TcpListener::bind(config.addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, worker_id = %config.worker_id, "worker probe server listening");
+    let probe_shutdown = shutdown.child_token();
+    let probe = tokio::spawn({
+        let health = health.clone();
+        let stop = probe_shutdown.clone();
+        async move {
+            axum::serve(listener, probe::router(health))
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        }
+    });
+    let consumer = Consumer { pool, config: Arc::new(config), registry: Registry::with_defaults(), health };
+    consumer.run(shutdown).await;
+    probe_shutdown.cancel();
+    let _ = probe.await;
+    Ok(())
+}

@@ -1,0 +1,247 @@
+//! The consumer loop. For each window of deliveries: decode, claim the jobs in Postgres in
+//! one statement, spawn a task per claimed job, ack and skip the rest.
+//!
+//! Every delivery holds a concurrency permit from the moment it is taken off the stream, so
+//! the worker never claims more jobs than it can run at once; unclaimed prefetched messages
+//! stay unacked in RabbitMQ's hands. On a broker failure the loop reconnects with backoff
+//! while jobs already running carry on; on shutdown it stops consuming, lets in-flight jobs
+//! finish within the grace period, and leaves everything else to redelivery.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use conveyor_shared::{
+    broker::{self, Backoff, JobMessage},
+    health::Health,
+    job::lifecycle,
+};
+use futures_util::{FutureExt, StreamExt, stream::SelectAll};
+use lapin::{
+    Channel, Connection,
+    message::Delivery,
+    options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions},
+    types::FieldTable,
+};
+use sqlx::PgPool;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    completer::{self, Finished},
+    config::Config,
+    handlers::Registry,
+    runner,
+};
+
+/// Seconds a lease outlives the job's timeout before a reaper may take the job back.
+const LEASE_SLACK_SECS: i32 = 30;
+
+#[derive(Debug, thiserror::Error)]
+enum ConsumeError {
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("RabbitMQ cancelled the consumer")]
+    Cancelled,
+}
+
+pub struct Consumer {
+    pub pool: PgPool,
+    pub config: Arc<Config>,
+    pub registry: Registry,
+    pub health: Health,
+}
+
+struct Session {
+    connection: Connection,
+    channel: Channel,
+    tags: Vec<String>,
+    deliveries: SelectAll<lapin::Consumer>,
+}
+
+impl Consumer {
+    /// Consumes until `shutdown`, then drains in-flight jobs within the grace period.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let this = Arc::new(self);
+        let tracker = TaskTracker::new();
+        let (done_tx, done_rx) = mpsc::channel::<Finished>(this.config.concurrency * 2);
+        let completer = tokio::spawn(completer::run(this.pool.clone(), done_rx));
+        let permits = Arc::new(Semaphore::new(this.config.concurrency));
+        let mut backoff = Backoff::new(this.config.broker.reconnect_min, this.config.broker.reconnect_max);
+        let mut last_session = None;
+        while !shutdown.is_cancelled() {
+            let mut session = match this.open().await {
+                Ok(s) => s,
+                Err(e) => {
+                    this.health.set_broker_connected(false);
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "worker cannot reach RabbitMQ");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => continue,
+                    }
+                }
+            };
+            this.health.set_broker_connected(true);
+            backoff.reset();
+            tracing::info!(queues = ?this.config.queues, prefetch = this.config.prefetch,
+                concurrency = this.config.concurrency, "worker consuming");
+            match this.consume(&mut session, &shutdown, &tracker, &permits, &done_tx).await {
+                Ok(()) => {
+                    last_session = Some(session);
+                    break;
+                }
+                Err(e) => {
+                    this.health.set_broker_connected(false);
+                    tracing::warn!(error = %e, "worker lost RabbitMQ; reconnecting");
+                    let _ = session.connection.close(200, "reconnecting".into()).await;
+                }
+            }
+        }
+        // Shutdown: stop deliveries first, then give running jobs the grace period.
+        if let Some(session) = &last_session {
+            for tag in &session.tags {
+                let _ = session.channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+            }
+        }
+        tracker.close();
+        let in_flight = tracker.len();
+        if in_flight > 0 {
+            tracing::info!(in_flight, grace_secs = this.config.shutdown_grace.as_secs(), "waiting for running jobs");
+        }
+        if tokio::time::timeout(this.config.shutdown_grace, tracker.wait()).await.is_err() {
+            tracing::warn!(abandoned = tracker.len(), "grace period over; unfinished jobs are left to redelivery");
+        }
+        drop(done_tx);
+        if tokio::time::timeout(Duration::from_secs(10), completer).await.is_err() {
+            tracing::warn!("could not record every outcome before exiting");
+        }
+        if let Some(session) = last_session {
+            let _ = session.connection.close(200, "worker stopping".into()).await;
+        }
+        this.health.set_broker_connected(false);
+        tracing::info!("worker stopped");
+    }
+
+    async fn open(&self) -> lapin::Result<Session> {
+        let connection = broker::connect(&self.config.broker, "worker").await?;
+        let channel = connection.create_channel().await?;
+        channel.basic_qos(self.config.prefetch, BasicQosOptions::default()).await?;
+        broker::declare_queues(&channel, &self.config.broker, &self.config.queues).await?;
+        let mut deliveries = SelectAll::new();
+        let mut tags = Vec::new();
+        for queue in &self.config.queues {
+            let tag = format!("{}:{queue}", self.config.worker_id);
+            let consumer = channel
+                .basic_consume(
+                    broker::queue_name(&self.config.broker, queue).into(),
+                    tag.clone().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            tags.push(tag);
+            deliveries.push(consumer);
+        }
+        Ok(Session { connection, channel, tags, deliveries })
+    }
+
+    /// Takes windows of deliveries until shutdown (Ok) or a broker failure (Err).
+    async fn consume(
+        self: &Arc<Self>,
+        session: &mut Session,
+        shutdown: &CancellationToken,
+        tracker: &TaskTracker,
+        permits: &Arc<Semaphore>,
+        done: &mpsc::Sender<Finished>,
+    ) -> Result<(), ConsumeError> {
+        loop {
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            };
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                d = session.deliveries.next() => d,
+            };
+            let first = match first {
+                Some(Ok(d)) => d,
+                Some(Err(e)) => return Err(e.into()),
+                None => return Err(ConsumeError::Cancelled),
+            };
+            // Whatever else is already here joins the window, one permit each.
+            let mut window = vec![(first, permit)];
+            let mut failure = None;
+            while let Ok(permit) = permits.clone().try_acquire_owned() {
+                match session.deliveries.next().now_or_never() {
+                    Some(Some(Ok(d))) => window.push((d, permit)),
+                    Some(Some(Err(e))) => {
+                        failure = Some(ConsumeError::from(e));
+                        break;
+                    }
+                    Some(None) => {
+                        failure = Some(ConsumeError::Cancelled);
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            self.dispatch(window, tracker, done).await;
+            if let Some(e) = failure {
+                return Err(e);
+            }
+        }
+    }
+
+    /// Claims the window's jobs and starts the claimed ones.
+    async fn dispatch(
+        self: &Arc<Self>,
+        window: Vec<(Delivery, OwnedSemaphorePermit)>,
+        tracker: &TaskTracker,
+        done: &mpsc::Sender<Finished>,
+    ) {
+        let mut decoded = Vec::with_capacity(window.len());
+        for (delivery, permit) in window {
+            match serde_json::from_slice::<JobMessage>(&delivery.data) {
+                Ok(msg) => decoded.push((msg, delivery, permit)),
+                Err(e) => {
+                    // Redelivering a message we cannot read would loop forever.
+                    tracing::error!(error = %e, routing_key = %delivery.routing_key, "undecodable message; rejecting");
+                    metrics::counter!("conveyor_poison_messages_total").increment(1);
+                    let _ = delivery.acker.reject(BasicRejectOptions { requeue: false }).await;
+                }
+            }
+        }
+        if decoded.is_empty() {
+            return;
+        }
+        let ids: Vec<_> = decoded.iter().map(|(m, _, _)| m.id).collect();
+        let claimed = match lifecycle::claim_batch(&self.pool, &ids, &self.config.worker_id, LEASE_SLACK_SECS).await {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                tracing::warn!(error = %e, jobs = ids.len(), "cannot claim jobs; returning them to RabbitMQ");
+                metrics::counter!("conveyor_claim_errors_total").increment(1);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                for (_, delivery, _) in decoded {
+                    let _ = delivery.acker.nack(BasicNackOptions { requeue: true, multiple: false }).await;
+                }
+                return;
+            }
+        };
+        let mut claimed: HashMap<_, _> = claimed.into_iter().map(|j| (j.id, j)).collect();
+        for (msg, delivery, permit) in decoded {
+            let Some(job) = claimed.remove(&msg.id) else {
+                // Already running, finished, cancelled or unknown: a redelivery, safe to drop.
+                tracing::debug!(job_id = %msg.id, redelivered = delivery.redelivered, "job not queued; skipping delivery");
+                metrics::counter!("conveyor_deliveries_skipped_total").increment(1);
+                completer::ack(&delivery.acker, msg.id).await;
+                continue;
+            };
+            let this = Arc::clone(self);
+            let done = done.clone();
+            tracker.spawn(async move {
+                let completion = runner::run_job(&this.registry, &job, &this.config.retry).await;
+                let _ = done.send(Finished { completion, acker: delivery.acker }).await;
+                drop(permit);
+            });
+        }
+    }
+}

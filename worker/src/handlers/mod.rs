@@ -1,0 +1,69 @@
+//! Handlers, one per job kind, looked up by kind name.
+//!
+//! A handler says *what happened* (success with a result, or an error that is retryable or
+//! permanent); the [`runner`](crate::runner) decides what that means for the job.
+
+mod noop;
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use futures_util::future::BoxFuture;
+
+pub use noop::Noop;
+
+/// What a handler gets to work with.
+#[derive(Debug, Clone)]
+pub struct JobContext {
+    pub id: conveyor_shared::JobId,
+    pub kind: String,
+    /// 1 for the first attempt.
+    pub attempt: i32,
+    pub payload: serde_json::Value,
+}
+
+/// How a handler failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum HandlerError {
+    /// Worth trying again later, optionally not before `retry_after`.
+    #[error("{message}")]
+    Retryable { message: String, retry_after: Option<Duration> },
+    /// Will fail the same way every time: the job goes to `dead`.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl HandlerError {
+    pub fn retryable(message: impl Into<String>) -> Self {
+        Self::Retryable { message: message.into(), retry_after: None }
+    }
+}
+
+pub type HandlerResult = Result<serde_json::Value, HandlerError>;
+
+/// Runs jobs of one kind. Handlers must be idempotent: a job can be delivered again.
+pub trait Handler: Send + Sync + 'static {
+    fn run(&self, job: JobContext) -> BoxFuture<'static, HandlerResult>;
+}
+
+/// Handlers by kind name.
+#[derive(Clone, Default)]
+pub struct Registry {
+    handlers: HashMap<&'static str, Arc<dyn Handler>>,
+}
+
+impl Registry {
+    /// Every handler this build knows.
+    pub fn with_defaults() -> Self {
+        let mut registry = Self::default();
+        registry.register("noop", Noop);
+        registry
+    }
+
+    pub fn register(&mut self, kind: &'static str, handler: impl Handler) {
+        self.handlers.insert(kind, Arc::new(handler));
+    }
+
+    pub fn get(&self, kind: &str) -> Option<Arc<dyn Handler>> {
+        self.handlers.get(kind).cloned()
+    }
+}

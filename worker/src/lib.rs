@@ -1,0 +1,30 @@
+//! Conveyor's worker: consumes job messages from RabbitMQ, claims the jobs in Postgres, runs
+//! their handlers and records every outcome before acking.
+//!
+//! # Why lapin directly and not apalis
+//! apalis 1.0 was evaluated for the consumer. Its retries are in-process (the message stays
+//! unacked during backoff), while Conveyor keeps waiting retries in Postgres where they are
+//! visible and cancellable; its AMQP backend (apalis-amqp 1.0) nacks failed jobs without requeue
+//! and uses per-channel delivery tags as task ids; and its per-task pipeline has no place for
+//! claiming and completing a whole prefetch window in one SQL statement each, which is where
+//! throughput comes from. So the consumer is a small lapin loop; timeouts, panics and
+//! concurrency limits are done with tokio primitives in [`runner`] and [`consumer`].
+#![forbid(unsafe_code)]
+
+/// Worker configuration from the environment.
+pub mod config;
+/// The consumer loop: deliveries → batched claims → handler tasks.
+pub mod consumer;
+/// Batched completions: record outcomes in Postgres, then ack.
+pub mod completer;
+/// Handlers by job kind, and the `noop` handler.
+pub mod handlers;
+/// Runs one claimed job: timeout, panic capture, outcome classification.
+pub mod runner;
+/// Retry delays: exponential backoff with full jitter.
+pub mod retry;
+/// Wiring: probe server + consumer, until shutdown.
+pub mod app;
+
+pub use app::run;
+pub use config::Config;

@@ -1,0 +1,145 @@
+//! Runs one claimed job and turns whatever happened into a [`Completion`].
+//!
+//! The handler runs in its own task so that a panic is caught as a failed attempt (the worker
+//! stays up), and under the job's `timeout_secs` so that a stuck handler becomes `timed_out`.
+//! Whether a failure retries or goes to `dead` is decided here, not in handlers.
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use conveyor_shared::{
+    Job, JobState,
+    job::lifecycle::{Completion, Outcome},
+};
+use tracing::Instrument;
+
+use crate::{
+    handlers::{HandlerError, JobContext, Registry},
+    retry::RetryPolicy,
+};
+
+/// Runs `job` (already claimed: `attempts` is this attempt's number) and says how it ended.
+pub async fn run_job(registry: &Registry, job: &Job, retry: &RetryPolicy) -> Completion {
+    let span = tracing::info_span!("job.run", job_id = %job.id, kind = %job.kind, queue = %job.queue, attempt = job.attempts);
+    async {
+        let started = Instant::now();
+        if let Some(started_at) = job.started_at {
+            let wait = (started_at - job.run_at).to_std().unwrap_or_default();
+            metrics::histogram!("conveyor_job_queue_wait_seconds", "queue" => job.queue.clone())
+                .record(wait.as_secs_f64());
+        }
+        metrics::counter!("conveyor_jobs_started_total", "kind" => job.kind.clone(), "queue" => job.queue.clone())
+            .increment(1);
+        tracing::info!("job started");
+        let ended = execute(registry, job).await;
+        let completion = classify(job, ended, retry);
+        let elapsed = started.elapsed();
+        let outcome = completion.outcome.as_str();
+        metrics::counter!("conveyor_jobs_finished_total", "kind" => job.kind.clone(), "queue" => job.queue.clone(), "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!("conveyor_job_duration_seconds", "kind" => job.kind.clone(), "queue" => job.queue.clone())
+            .record(elapsed.as_secs_f64());
+        match &completion.error {
+            None => tracing::info!(elapsed_ms = elapsed.as_millis() as u64, "job succeeded"),
+            Some(error) => tracing::warn!(
+                elapsed_ms = elapsed.as_millis() as u64,
+                outcome,
+                next_state = %completion.next_state,
+                retry_at = ?completion.retry_at,
+                error = %error,
+                "job attempt failed"
+            ),
+        }
+        completion
+    }
+    .instrument(span)
+    .await
+}
+
+/// How the handler run ended, before retry policy is applied.
+enum Ended {
+    Ok(serde_json::Value),
+    Failed(HandlerError),
+    Panicked(String),
+    TimedOut(Duration),
+}
+
+async fn execute(registry: &Registry, job: &Job) -> Ended {
+    let Some(handler) = registry.get(&job.kind) else {
+        return Ended::Failed(HandlerError::Permanent(format!(
+            "this worker has no handler for kind {:?}",
+            job.kind
+        )));
+    };
+    let ctx = JobContext {
+        id: job.id,
+        kind: job.kind.clone(),
+        attempt: job.attempts,
+        payload: job.payload.clone(),
+    };
+    let limit = Duration::from_secs(job.timeout_secs.max(1) as u64);
+    let mut task = tokio::spawn(handler.run(ctx).in_current_span());
+    match tokio::time::timeout(limit, &mut task).await {
+        Ok(Ok(Ok(value))) => Ended::Ok(value),
+        Ok(Ok(Err(e))) => Ended::Failed(e),
+        Ok(Err(join)) => Ended::Panicked(panic_message(join)),
+        Err(_) => {
+            task.abort();
+            Ended::TimedOut(limit)
+        }
+    }
+}
+
+fn panic_message(join: tokio::task::JoinError) -> String {
+    match join.try_into_panic() {
+        Ok(panic) => panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "non-string panic payload".into()),
+        Err(_) => "handler task was cancelled".into(),
+    }
+}
+
+fn classify(job: &Job, ended: Ended, retry: &RetryPolicy) -> Completion {
+    let base = Completion {
+        id: job.id,
+        attempt: job.attempts,
+        next_state: JobState::Succeeded,
+        outcome: Outcome::Succeeded,
+        result: None,
+        error: None,
+        retry_at: None,
+    };
+    let (outcome, error, retryable, requested) = match ended {
+        Ended::Ok(value) => return Completion { result: Some(value), ..base },
+        Ended::Failed(HandlerError::Permanent(msg)) => (Outcome::Failed, msg, false, None),
+        Ended::Failed(HandlerError::Retryable { message, retry_after }) => {
+            (Outcome::Failed, message, true, retry_after)
+        }
+        Ended::Panicked(msg) => (Outcome::Failed, format!("handler panicked: {msg}"), true, None),
+        Ended::TimedOut(limit) => (
+            Outcome::TimedOut,
+            format!("attempt exceeded timeout of {}s", limit.as_secs()),
+            true,
+            None,
+        ),
+    };
+    if retryable && job.attempts < job.max_attempts {
+        let delay = retry.delay(job.attempts, requested);
+        Completion {
+            next_state: JobState::Retrying,
+            outcome,
+            error: Some(error),
+            retry_at: Some(Utc::now() + delay),
+            ..base
+        }
+    } else {
+        let error = if retryable {
+            format!("{error} (gave up after {} attempts)", job.attempts)
+        } else {
+            error
+        };
+        Completion { next_state: JobState::Dead, outcome, error: Some(error), ..base }
+    }
+}
