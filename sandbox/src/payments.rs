@@ -130,14 +130,6 @@ pub enum Outcome<T> {
     Replayed(T),
 }
 
-impl<T> Outcome<T> {
-    pub fn into_inner(self) -> T {
-        match self {
-            Outcome::Created(value) | Outcome::Replayed(value) => value,
-        }
-    }
-}
-
 impl<T: Serialize> IntoResponse for Outcome<T> {
     fn into_response(self) -> Response {
         match self {

@@ -8,6 +8,23 @@ use sqlx::PgConnection;
 
 use crate::job::JobId;
 
+/// Turns due `scheduled` and `retrying` jobs into `queued`, committed on its own before they
+/// are published. The order matters: a worker's claim only takes `queued` rows, and Postgres
+/// evaluates that against the last *committed* version of the row. Were the relay to change the
+/// state in the same transaction that publishes, a fast worker could see the old state, claim
+/// nothing and drop the message.
+pub async fn promote_due(db: impl sqlx::PgExecutor<'_>) -> sqlx::Result<u64> {
+    Ok(sqlx::query(
+        "UPDATE jobs SET state = 'queued', updated_at = now()
+         WHERE published_at IS NULL
+           AND state IN ('scheduled', 'retrying')
+           AND run_at <= now()",
+    )
+    .execute(db)
+    .await?
+    .rows_affected())
+}
+
 /// A job waiting to be published.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct DueJob {
@@ -21,7 +38,7 @@ pub async fn fetch_due(tx: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<Du
     sqlx::query_as(
         "SELECT id, kind, queue FROM jobs
          WHERE published_at IS NULL
-           AND state IN ('scheduled', 'queued', 'retrying')
+           AND state = 'queued'
            AND run_at <= now()
          ORDER BY priority DESC, run_at
          LIMIT $1
@@ -32,13 +49,11 @@ pub async fn fetch_due(tx: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<Du
     .await
 }
 
-/// Marks jobs as handed to the broker; waiting states become `queued`. A job a worker already
-/// claimed (its row was locked by us, so that cannot happen before we commit) keeps its state.
+/// Marks jobs as handed to the broker.
 pub async fn mark_published(tx: &mut PgConnection, ids: &[JobId]) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE jobs
-         SET published_at = now(), updated_at = now(),
-             state = CASE WHEN state IN ('scheduled', 'retrying') THEN 'queued' ELSE state END
+         SET published_at = now(), updated_at = now()
          WHERE id = ANY($1)",
     )
     .bind(ids)

@@ -172,6 +172,7 @@ impl Relay {
     #[tracing::instrument(name = "relay.publish_batch", skip_all, fields(jobs))]
     async fn publish_batch(&self, channel: &Channel) -> Result<usize, RelayError> {
         let started = Instant::now();
+        outbox::promote_due(&self.pool).await?;
         let mut tx = self.pool.begin().await?;
         let due = outbox::fetch_due(&mut tx, self.config.batch_size).await?;
         if due.is_empty() {

@@ -1,0 +1,281 @@
+//! `TestApp`: a real api (with its relay) and a real worker, on random ports, against a fresh
+//! Postgres database and uniquely named RabbitMQ queues, so tests run in parallel in isolation.
+//!
+//! Postgres and RabbitMQ must be running (`scripts/ensure-services.sh`); when they are not,
+//! tests fail at once with a message that says so.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+pub mod proxy;
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use conveyor_api::{Application, Config as ApiConfig};
+use conveyor_shared::{
+    config::{BrokerConfig, DatabaseConfig},
+    keys::{ApiKey, Scope},
+    relay::RelayConfig,
+};
+use reqwest::{Response, StatusCode};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub const PG_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+fn pg_server() -> String {
+    std::env::var("CONVEYOR_TEST_PG").unwrap_or_else(|_| PG_SERVER.into())
+}
+
+pub fn amqp_url() -> String {
+    std::env::var("CONVEYOR_TEST_AMQP").unwrap_or_else(|_| AMQP_URL.into())
+}
+
+/// Options for [`TestApp::spawn_with`].
+#[derive(Clone)]
+pub struct Options {
+    /// Start a worker next to the api.
+    pub worker: bool,
+    /// The AMQP URL the api's relay uses (e.g. through a cuttable proxy).
+    pub api_amqp_url: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { worker: true, api_amqp_url: None }
+    }
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub worker_addr: Option<SocketAddr>,
+    pub pool: PgPool,
+    /// An admin token of tenant `default`.
+    pub token: String,
+    pub client: reqwest::Client,
+    pub db_name: String,
+    pub broker: BrokerConfig,
+    shutdown: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(Options::default()).await
+    }
+
+    pub async fn spawn_with(options: Options) -> Self {
+        init_test_logging();
+        let id = Uuid::new_v4().simple().to_string();
+        let db_name = format!("conveyor_test_{id}");
+        let database = DatabaseConfig::with_url(format!("{}/{db_name}", pg_server()));
+        let broker = BrokerConfig::with_url(amqp_url(), format!("test-{id}"));
+        let token = format!("cvy_test_{id}");
+        let queues = vec!["default".to_owned(), "transactions".to_owned(), "integrations".to_owned()];
+        let config = ApiConfig {
+            database: database.clone(),
+            broker: BrokerConfig {
+                url: options.api_amqp_url.clone().unwrap_or_else(amqp_url).into(),
+                ..broker.clone()
+            },
+            addr: "127.0.0.1:0".parse().unwrap(),
+            queues: queues.clone(),
+            bootstrap_token: Some(token.clone().into()),
+            relay: RelayConfig { poll_interval: Duration::from_millis(50), ..Default::default() },
+            max_body_bytes: 1024 * 1024,
+            max_batch_body_bytes: 16 * 1024 * 1024,
+            max_batch_jobs: 1000,
+            run_relay: true,
+        };
+        let app = Application::build(config).await.unwrap_or_else(|e| {
+            panic!(
+                "cannot start the api against Postgres at {}: {e:#}\n\
+                 Is Postgres running? Start it with scripts/ensure-services.sh",
+                pg_server()
+            )
+        });
+        assert_broker_reachable().await;
+        let addr = app.local_addr();
+        let pool = app.pool.clone();
+        let shutdown = CancellationToken::new();
+        let mut tasks = vec![tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move { app.run_until_stopped(shutdown).await.expect("api failed") }
+        })];
+        let mut worker_addr = None;
+        if options.worker {
+            let port = free_port();
+            let wconfig = conveyor_worker::Config {
+                database,
+                broker: broker.clone(),
+                addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                queues,
+                concurrency: 16,
+                prefetch: 32,
+                worker_id: format!("test-worker-{}", &id[..8]),
+                retry: conveyor_worker::retry::RetryPolicy {
+                    base: Duration::from_millis(20),
+                    max: Duration::from_millis(200),
+                },
+                shutdown_grace: Duration::from_secs(5),
+            };
+            worker_addr = Some(wconfig.addr);
+            let shutdown = shutdown.clone();
+            tasks.push(tokio::spawn(async move {
+                conveyor_worker::run(wconfig, shutdown).await.expect("worker failed")
+            }));
+        }
+        let app = Self {
+            addr,
+            worker_addr,
+            pool,
+            token,
+            client: reqwest::Client::new(),
+            db_name,
+            broker,
+            shutdown,
+            tasks,
+        };
+        app.wait_ready().await;
+        app
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Waits until the api (and worker) report ready: both reached Postgres and RabbitMQ.
+    pub async fn wait_ready(&self) {
+        let mut urls = vec![self.url("/readyz")];
+        if let Some(w) = self.worker_addr {
+            urls.push(format!("http://{w}/readyz"));
+        }
+        for url in urls {
+            eventually(Duration::from_secs(20), || async {
+                match self.client.get(&url).send().await {
+                    Ok(r) if r.status() == StatusCode::OK => Some(()),
+                    _ => None,
+                }
+            })
+            .await
+            .unwrap_or_else(|| panic!("{url} never became ready"));
+        }
+    }
+
+    pub async fn post_job(&self, body: Value) -> Response {
+        self.post_as(&self.token, "/v1/jobs", body).await
+    }
+
+    pub async fn post_as(&self, token: &str, path: &str, body: Value) -> Response {
+        self.client.post(self.url(path)).bearer_auth(token).json(&body).send().await.unwrap()
+    }
+
+    pub async fn get_as(&self, token: &str, path: &str) -> Response {
+        self.client.get(self.url(path)).bearer_auth(token).send().await.unwrap()
+    }
+
+    pub async fn get_json(&self, path: &str) -> Value {
+        let r = self.get_as(&self.token, path).await;
+        assert_eq!(r.status(), StatusCode::OK, "GET {path}");
+        r.json().await.unwrap()
+    }
+
+    /// Enqueues one job and returns its id.
+    pub async fn enqueue(&self, body: Value) -> String {
+        let r = self.post_job(body).await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let job: Value = r.json().await.unwrap();
+        job["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Polls the job until it reaches `state` (fails the test after `within`).
+    pub async fn wait_for_state(&self, id: &str, state: &str, within: Duration) -> Value {
+        let path = format!("/v1/jobs/{id}");
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let job = self.get_json(&path).await;
+            if job["state"] == state {
+                return job;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!("job {id} did not reach {state} within {within:?}; last seen: {job:#}");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// A new key for `tenant` with `scopes`; returns its token.
+    pub async fn key(&self, tenant: &str, scopes: &[Scope]) -> String {
+        ApiKey::create(&self.pool, tenant, "test", scopes).await.unwrap().1
+    }
+
+    pub async fn count_jobs(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM jobs").fetch_one(&self.pool).await.unwrap()
+    }
+
+    /// Stops the api and worker, deletes the test's queues and database.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for task in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
+        }
+        if let Ok(conn) = lapin::Connection::connect(&amqp_url(), Default::default()).await
+            && let Ok(channel) = conn.create_channel().await
+        {
+            for q in ["default", "transactions", "integrations"] {
+                let name = conveyor_shared::broker::queue_name(&self.broker, q);
+                let _ = channel.queue_delete(name.into(), Default::default()).await;
+            }
+            let _ = conn.close(200, "bye".into()).await;
+        }
+        self.pool.close().await;
+        if let Ok(admin) = PgPool::connect(&format!("{}/postgres", pg_server())).await {
+            let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.db_name);
+            let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&admin).await;
+        }
+    }
+}
+
+/// Logs through the test harness's capture, so only failing tests show them.
+fn init_test_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+}
+
+/// Calls `probe` until it returns `Some`, or gives up after `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, mut probe: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = probe().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn assert_broker_reachable() {
+    if let Err(e) = lapin::Connection::connect(&amqp_url(), Default::default()).await {
+        panic!(
+            "cannot reach RabbitMQ at {}: {e}\nIs RabbitMQ running? Start it with scripts/ensure-services.sh",
+            amqp_url()
+        );
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A noop job body.
+pub fn noop(payload: Value) -> Value {
+    json!({"kind": "noop", "payload": payload})
+}
