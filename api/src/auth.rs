@@ -14,7 +14,11 @@ pub struct Caller(pub Principal);
 
 impl Caller {
     pub fn require(&self, scope: Scope) -> Result<&Principal, ApiError> {
-        if self.0.has(scope) { Ok(&self.0) } else { Err(ApiError::Forbidden(scope)) }
+        if self.0.has(scope) {
+            Ok(&self.0)
+        } else {
+            Err(ApiError::Forbidden(scope))
+        }
     }
 }
 
@@ -22,17 +26,22 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or(ApiError::Unauthorized("missing Authorization: Bearer <token> header"))?;
+        let header =
+            parts
+                .headers
+                .get(axum::http::header::AUTHORIZATION)
+                .ok_or(ApiError::Unauthorized(
+                    "missing Authorization: Bearer <token> header",
+                ))?;
         let token = header
             .to_str()
             .ok()
             .and_then(|h| h.strip_prefix("Bearer "))
             .map(str::trim)
             .filter(|t| !t.is_empty())
-            .ok_or(ApiError::Unauthorized("Authorization header must be 'Bearer <token>'"))?;
+            .ok_or(ApiError::Unauthorized(
+                "Authorization header must be 'Bearer <token>'",
+            ))?;
         ApiKey::authenticate(&state.pool, token)
             .await?
             .map(Caller)

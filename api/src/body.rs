@@ -11,7 +11,10 @@ use crate::error::ApiError;
 
 /// Reads the body of `request` (at most `limit` bytes) as `T`, returning the raw JSON too
 /// (idempotency keys hash it).
-pub async fn json<T: DeserializeOwned>(request: Request, limit: usize) -> Result<(T, serde_json::Value), ApiError> {
+pub async fn json<T: DeserializeOwned>(
+    request: Request,
+    limit: usize,
+) -> Result<(T, serde_json::Value), ApiError> {
     let headers = request.headers();
     if let Some(ct) = headers.get(CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or_default().to_ascii_lowercase();
@@ -30,8 +33,8 @@ pub async fn json<T: DeserializeOwned>(request: Request, limit: usize) -> Result
     let bytes = axum::body::to_bytes(request.into_body(), limit)
         .await
         .map_err(|_| ApiError::PayloadTooLarge(limit))?;
-    let value: serde_json::Value = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::MalformedJson(format!("{e}")))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(format!("{e}")))?;
     let typed = serde_path_to_error::deserialize(&value).map_err(|e| {
         let path = e.path().to_string();
         let message = e.inner().to_string();
@@ -62,8 +65,17 @@ mod tests {
     #[test]
     fn names_missing_and_wrong_fields() {
         assert_eq!(field_of(".", "missing field `kind`"), "kind");
-        assert_eq!(field_of("jobs[2]", "missing field `kind` at line 1"), "jobs[2].kind");
-        assert_eq!(field_of("jobs[0].priority", "invalid type"), "jobs[0].priority");
-        assert_eq!(field_of(".", "invalid type: string, expected struct"), "body");
+        assert_eq!(
+            field_of("jobs[2]", "missing field `kind` at line 1"),
+            "jobs[2].kind"
+        );
+        assert_eq!(
+            field_of("jobs[0].priority", "invalid type"),
+            "jobs[0].priority"
+        );
+        assert_eq!(
+            field_of(".", "invalid type: string, expected struct"),
+            "body"
+        );
     }
 }

@@ -31,7 +31,8 @@ pub enum KeysCommand {
 }
 
 fn parse_scope(s: &str) -> Result<Scope, String> {
-    Scope::parse(s).ok_or_else(|| format!("unknown scope {s:?}; use jobs:write, jobs:read or admin"))
+    Scope::parse(s)
+        .ok_or_else(|| format!("unknown scope {s:?}; use jobs:write, jobs:read or admin"))
 }
 
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
@@ -43,7 +44,11 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
 pub async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
     let pool = db::connect_and_migrate(&config.database).await?;
     match command {
-        KeysCommand::Create { tenant, scopes, name } => {
+        KeysCommand::Create {
+            tenant,
+            scopes,
+            name,
+        } => {
             let (key, token) = ApiKey::create(&pool, &tenant, &name, &scopes).await?;
             println!("id:     {}", key.id);
             println!("tenant: {}", key.tenant);
@@ -52,12 +57,24 @@ pub async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
             eprintln!("store the token now: it is not shown again");
         }
         KeysCommand::List { tenant } => {
-            println!("{:<36}  {:<16}  {:<10}  {:<28}  {:<8}  NAME", "ID", "TENANT", "TOKEN", "SCOPES", "STATUS");
+            println!(
+                "{:<36}  {:<16}  {:<10}  {:<28}  {:<8}  NAME",
+                "ID", "TENANT", "TOKEN", "SCOPES", "STATUS"
+            );
             for key in ApiKey::list(&pool, tenant.as_deref()).await? {
-                let status = if key.revoked_at.is_some() { "revoked" } else { "active" };
+                let status = if key.revoked_at.is_some() {
+                    "revoked"
+                } else {
+                    "active"
+                };
                 println!(
                     "{:<36}  {:<16}  {:<10}  {:<28}  {:<8}  {}",
-                    key.id, key.tenant, format!("{}…", key.token_prefix), key.scopes.join(","), status, key.name
+                    key.id,
+                    key.tenant,
+                    format!("{}…", key.token_prefix),
+                    key.scopes.join(","),
+                    status,
+                    key.name
                 );
             }
         }

@@ -31,7 +31,10 @@ impl Config {
         Ok(Self {
             database: DatabaseConfig::from_env()?,
             broker: BrokerConfig::from_env()?,
-            addr: config::parse_or("CONVEYOR_API_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
+            addr: config::parse_or(
+                "CONVEYOR_API_ADDR",
+                SocketAddr::from(([127, 0, 0, 1], 8080)),
+            )?,
             queues: config::queues_from_env()?,
             bootstrap_token: std::env::var("CONVEYOR_BOOTSTRAP_TOKEN")
                 .ok()
@@ -39,7 +42,10 @@ impl Config {
                 .map(SecretString::from),
             relay: RelayConfig::from_env()?,
             max_body_bytes: config::parse_or("CONVEYOR_MAX_BODY_BYTES", 1024 * 1024)?,
-            max_batch_body_bytes: config::parse_or("CONVEYOR_MAX_BATCH_BODY_BYTES", 16 * 1024 * 1024)?,
+            max_batch_body_bytes: config::parse_or(
+                "CONVEYOR_MAX_BATCH_BODY_BYTES",
+                16 * 1024 * 1024,
+            )?,
             max_batch_jobs: config::parse_or("CONVEYOR_MAX_BATCH_JOBS", 1000)?,
             run_relay: config::parse_or("CONVEYOR_API_RELAY", true)?,
         })
@@ -53,7 +59,10 @@ impl fmt::Debug for Config {
             .field("broker", &self.broker)
             .field("addr", &self.addr)
             .field("queues", &self.queues)
-            .field("bootstrap_token", &self.bootstrap_token.as_ref().map(|_| "<set>"))
+            .field(
+                "bootstrap_token",
+                &self.bootstrap_token.as_ref().map(|_| "<set>"),
+            )
             .field("relay", &self.relay)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_batch_body_bytes", &self.max_batch_body_bytes)

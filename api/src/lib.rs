@@ -3,22 +3,22 @@
 //! RFC 9457 problem in one place ([`error`]).
 #![forbid(unsafe_code)]
 
-/// The api's configuration, from the environment.
-pub mod config;
-/// `ApiError` and its problem+json rendering: the one place errors meet HTTP.
-pub mod error;
 /// Bearer-token authentication and scope checks.
 pub mod auth;
 /// JSON bodies with field-level errors and size limits.
 pub mod body;
-/// The routes, one file per resource.
-pub mod routes;
-/// The OpenAPI document served at `/openapi.json`.
-pub mod openapi;
-/// Building and running the server and its relay.
-pub mod startup;
 /// `conveyor-api keys ...` and `migrate`: operator commands.
 pub mod cli;
+/// The api's configuration, from the environment.
+pub mod config;
+/// `ApiError` and its problem+json rendering: the one place errors meet HTTP.
+pub mod error;
+/// The OpenAPI document served at `/openapi.json`.
+pub mod openapi;
+/// The routes, one file per resource.
+pub mod routes;
+/// Building and running the server and its relay.
+pub mod startup;
 
 pub use config::Config;
 pub use startup::Application;

@@ -19,10 +19,18 @@ enum Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = if std::env::args().len() > 1 { Cli::parse() } else { Cli::Serve };
+    let cli = if std::env::args().len() > 1 {
+        Cli::parse()
+    } else {
+        Cli::Serve
+    };
     let config = Config::from_env()?;
     match cli {
-        Cli::Healthcheck => std::process::exit(if probe::healthcheck(config.addr).await { 0 } else { 1 }),
+        Cli::Healthcheck => std::process::exit(if probe::healthcheck(config.addr).await {
+            0
+        } else {
+            1
+        }),
         Cli::Migrate => cli::migrate(&config).await,
         Cli::Keys(command) => cli::keys(&config, command).await,
         Cli::Serve => {

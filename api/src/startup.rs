@@ -10,13 +10,7 @@ use axum::{
     response::Response,
     routing::{get, post},
 };
-use conveyor_shared::{
-    db, enqueue,
-    health::Health,
-    keys::ApiKey,
-    probe,
-    relay::Relay,
-};
+use conveyor_shared::{db, enqueue, health::Health, keys::ApiKey, probe, relay::Relay};
 use secrecy::ExposeSecret;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -55,7 +49,10 @@ impl Application {
         let state = AppState {
             pool: pool.clone(),
             limits: Arc::new(Limits {
-                enqueue: enqueue::Limits { queues: config.queues.clone(), max_batch: config.max_batch_jobs },
+                enqueue: enqueue::Limits {
+                    queues: config.queues.clone(),
+                    max_batch: config.max_batch_jobs,
+                },
                 max_body_bytes: config.max_body_bytes,
                 max_batch_body_bytes: config.max_batch_body_bytes,
             }),
@@ -73,17 +70,26 @@ impl Application {
             health.set_broker_connected(true);
         }
         let listener = tokio::net::TcpListener::bind(config.addr).await?;
-        Ok(Self { listener, router: router(state, health), relay, pool })
+        Ok(Self {
+            listener,
+            router: router(state, health),
+            relay,
+            pool,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     /// Serves until `shutdown`, then lets the relay finish its batch.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "api listening");
-        let relay = self.relay.map(|relay| tokio::spawn(relay.run(shutdown.clone())));
+        let relay = self
+            .relay
+            .map(|relay| tokio::spawn(relay.run(shutdown.clone())));
         axum::serve(self.listener, self.router)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await?;
@@ -96,7 +102,10 @@ impl Application {
 
 pub fn router(state: AppState, health: Health) -> Router {
     let api = Router::new()
-        .route("/v1/jobs", post(routes::jobs::create).get(routes::jobs::list))
+        .route(
+            "/v1/jobs",
+            post(routes::jobs::create).get(routes::jobs::list),
+        )
         .route("/v1/jobs/batch", post(routes::jobs::create_batch))
         .route("/v1/jobs/{id}", get(routes::jobs::get))
         .route("/openapi.json", get(routes::meta::openapi))

@@ -19,10 +19,15 @@ async fn a_noop_job_succeeds_with_its_attempts_log() {
     assert_eq!(job["queue"], "default");
     assert_eq!(job["state"], "queued");
     assert_eq!(job["attempts"], 0);
-    assert_eq!(location, format!("/v1/jobs/{}", job["id"].as_str().unwrap()));
+    assert_eq!(
+        location,
+        format!("/v1/jobs/{}", job["id"].as_str().unwrap())
+    );
 
     let id = job["id"].as_str().unwrap();
-    let done = app.wait_for_state(id, "succeeded", Duration::from_secs(5)).await;
+    let done = app
+        .wait_for_state(id, "succeeded", Duration::from_secs(5))
+        .await;
     assert_eq!(done["attempts"], 1);
     assert_eq!(done["result"]["ok"], true);
     assert!(done["finished_at"].is_string());
@@ -30,7 +35,12 @@ async fn a_noop_job_succeeds_with_its_attempts_log() {
     assert_eq!(log.len(), 1);
     assert_eq!(log[0]["attempt"], 1);
     assert_eq!(log[0]["outcome"], "succeeded");
-    assert!(log[0]["worker"].as_str().unwrap().starts_with("test-worker-"));
+    assert!(
+        log[0]["worker"]
+            .as_str()
+            .unwrap()
+            .starts_with("test-worker-")
+    );
     assert!(log[0]["finished_at"].is_string());
     app.stop().await;
 }
@@ -39,25 +49,44 @@ async fn a_noop_job_succeeds_with_its_attempts_log() {
 async fn failed_attempts_retry_then_succeed() {
     let app = TestApp::spawn().await;
     let id = app.enqueue(noop(json!({"fail_times": 2}))).await;
-    let done = app.wait_for_state(&id, "succeeded", Duration::from_secs(10)).await;
+    let done = app
+        .wait_for_state(&id, "succeeded", Duration::from_secs(10))
+        .await;
     assert_eq!(done["attempts"], 3);
-    let outcomes: Vec<&str> =
-        done["attempts_log"].as_array().unwrap().iter().map(|a| a["outcome"].as_str().unwrap()).collect();
+    let outcomes: Vec<&str> = done["attempts_log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap())
+        .collect();
     assert_eq!(outcomes, ["failed", "failed", "succeeded"]);
-    assert!(done["attempts_log"][0]["error"].as_str().unwrap().contains("failing as asked"));
+    assert!(
+        done["attempts_log"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("failing as asked")
+    );
     app.stop().await;
 }
 
 #[tokio::test]
 async fn a_panicking_handler_is_a_failed_attempt_and_the_job_dies_after_max_attempts() {
     let app = TestApp::spawn().await;
-    let id = app.enqueue(json!({"kind": "noop", "payload": {"panic": true}, "max_attempts": 2})).await;
-    let dead = app.wait_for_state(&id, "dead", Duration::from_secs(10)).await;
+    let id = app
+        .enqueue(json!({"kind": "noop", "payload": {"panic": true}, "max_attempts": 2}))
+        .await;
+    let dead = app
+        .wait_for_state(&id, "dead", Duration::from_secs(10))
+        .await;
     assert_eq!(dead["attempts"], 2);
-    assert!(dead["last_error"].as_str().unwrap().contains("panicked"), "{dead:#}");
+    assert!(
+        dead["last_error"].as_str().unwrap().contains("panicked"),
+        "{dead:#}"
+    );
     // The worker survived the panics: a new job still runs.
     let next = app.enqueue(noop(json!({}))).await;
-    app.wait_for_state(&next, "succeeded", Duration::from_secs(5)).await;
+    app.wait_for_state(&next, "succeeded", Duration::from_secs(5))
+        .await;
     app.stop().await;
 }
 
@@ -67,7 +96,9 @@ async fn an_attempt_past_its_timeout_is_timed_out() {
     let id = app
         .enqueue(json!({"kind": "noop", "payload": {"sleep_ms": 5000}, "timeout_secs": 1, "max_attempts": 1}))
         .await;
-    let dead = app.wait_for_state(&id, "dead", Duration::from_secs(10)).await;
+    let dead = app
+        .wait_for_state(&id, "dead", Duration::from_secs(10))
+        .await;
     assert_eq!(dead["attempts_log"][0]["outcome"], "timed_out");
     app.stop().await;
 }
@@ -76,14 +107,22 @@ async fn an_attempt_past_its_timeout_is_timed_out() {
 async fn a_job_with_a_future_run_at_waits_until_then() {
     let app = TestApp::spawn().await;
     let run_at = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
-    let r = app.post_job(json!({"kind": "noop", "run_at": run_at.to_rfc3339()})).await;
+    let r = app
+        .post_job(json!({"kind": "noop", "run_at": run_at.to_rfc3339()}))
+        .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let job: Value = r.json().await.unwrap();
     assert_eq!(job["state"], "scheduled");
     let id = job["id"].as_str().unwrap();
-    let done = app.wait_for_state(id, "succeeded", Duration::from_secs(10)).await;
-    let started: chrono::DateTime<chrono::Utc> = done["started_at"].as_str().unwrap().parse().unwrap();
-    assert!(started >= run_at, "started {started} before run_at {run_at}");
+    let done = app
+        .wait_for_state(id, "succeeded", Duration::from_secs(10))
+        .await;
+    let started: chrono::DateTime<chrono::Utc> =
+        done["started_at"].as_str().unwrap().parse().unwrap();
+    assert!(
+        started >= run_at,
+        "started {started} before run_at {run_at}"
+    );
     app.stop().await;
 }
 
@@ -91,28 +130,46 @@ async fn a_job_with_a_future_run_at_waits_until_then() {
 async fn a_batch_is_stored_in_request_order_and_runs() {
     let app = TestApp::spawn().await;
     let jobs: Vec<Value> = (0..25).map(|i| noop(json!({"sleep_ms": i}))).collect();
-    let r = app.post_as(&app.token, "/v1/jobs/batch", json!({"jobs": jobs})).await;
+    let r = app
+        .post_as(&app.token, "/v1/jobs/batch", json!({"jobs": jobs}))
+        .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let body: Value = r.json().await.unwrap();
     let created = body["jobs"].as_array().unwrap();
     assert_eq!(created.len(), 25);
     for (i, job) in created.iter().enumerate() {
-        assert_eq!(job["payload"]["sleep_ms"], i, "batch answer out of request order");
+        assert_eq!(
+            job["payload"]["sleep_ms"], i,
+            "batch answer out of request order"
+        );
     }
     for job in created {
-        app.wait_for_state(job["id"].as_str().unwrap(), "succeeded", Duration::from_secs(10)).await;
+        app.wait_for_state(
+            job["id"].as_str().unwrap(),
+            "succeeded",
+            Duration::from_secs(10),
+        )
+        .await;
     }
     app.stop().await;
 }
 
 #[tokio::test]
 async fn a_batch_of_1000_is_accepted_and_1001_is_refused() {
-    let app = TestApp::spawn_with(support::Options { worker: false, ..Default::default() }).await;
+    let app = TestApp::spawn_with(support::Options {
+        worker: false,
+        ..Default::default()
+    })
+    .await;
     let jobs: Vec<Value> = (0..1000).map(|_| noop(json!({}))).collect();
-    let r = app.post_as(&app.token, "/v1/jobs/batch", json!({"jobs": jobs})).await;
+    let r = app
+        .post_as(&app.token, "/v1/jobs/batch", json!({"jobs": jobs}))
+        .await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let jobs: Vec<Value> = (0..1001).map(|_| noop(json!({}))).collect();
-    let r = app.post_as(&app.token, "/v1/jobs/batch", json!({"jobs": jobs})).await;
+    let r = app
+        .post_as(&app.token, "/v1/jobs/batch", json!({"jobs": jobs}))
+        .await;
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let problem: Value = r.json().await.unwrap();
     assert_eq!(problem["errors"][0]["field"], "jobs");
@@ -122,7 +179,11 @@ async fn a_batch_of_1000_is_accepted_and_1001_is_refused() {
 
 #[tokio::test]
 async fn listing_paginates_by_cursor_and_filters() {
-    let app = TestApp::spawn_with(support::Options { worker: false, ..Default::default() }).await;
+    let app = TestApp::spawn_with(support::Options {
+        worker: false,
+        ..Default::default()
+    })
+    .await;
     let mut ids = Vec::new();
     for i in 0..5 {
         ids.push(app.enqueue(json!({"kind": "noop", "queue": if i % 2 == 0 { "default" } else { "transactions" }})).await);
@@ -149,13 +210,24 @@ async fn listing_paginates_by_cursor_and_filters() {
     let by_queue = app.get_json("/v1/jobs?queue=transactions").await;
     assert_eq!(by_queue["jobs"].as_array().unwrap().len(), 2);
     let by_state = app.get_json("/v1/jobs?state=scheduled").await;
-    let states: Vec<&str> = by_state["jobs"].as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap()).collect();
+    let states: Vec<&str> = by_state["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
     assert_eq!(states, [scheduled.as_str()]);
     let by_kind = app.get_json("/v1/jobs?kind=noop&limit=500").await;
     assert_eq!(by_kind["jobs"].as_array().unwrap().len(), 6);
     assert!(by_kind["next_cursor"].is_null());
 
-    for bad in ["state=bogus", "limit=0", "limit=501", "cursor=nope", "schedule_id=x"] {
+    for bad in [
+        "state=bogus",
+        "limit=0",
+        "limit=501",
+        "cursor=nope",
+        "schedule_id=x",
+    ] {
         let r = app.get_as(&app.token, &format!("/v1/jobs?{bad}")).await;
         assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
         let problem: Value = r.json().await.unwrap();

@@ -21,18 +21,33 @@ fn counter(page: &str, name: &str) -> f64 {
 
 async fn worker_metric(app: &TestApp, name: &str) -> f64 {
     let url = format!("http://{}/metrics", app.worker_addr.unwrap());
-    counter(&app.client.get(url).send().await.unwrap().text().await.unwrap(), name)
+    counter(
+        &app.client
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        name,
+    )
 }
 
 async fn publish(app: &TestApp, body: Vec<u8>) {
-    let conn = lapin::Connection::connect(&amqp_url(), Default::default()).await.unwrap();
+    let conn = lapin::Connection::connect(&amqp_url(), Default::default())
+        .await
+        .unwrap();
     let channel = conn.create_channel().await.unwrap();
     channel.confirm_select(Default::default()).await.unwrap();
     let confirm = channel
         .basic_publish(
             "".into(),
             broker::queue_name(&app.broker, "default").into(),
-            BasicPublishOptions { mandatory: true, ..Default::default() },
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
             &body,
             BasicProperties::default().with_delivery_mode(2),
         )
@@ -48,12 +63,17 @@ async fn publish(app: &TestApp, body: Vec<u8>) {
 async fn deliveries_for_finished_jobs_are_skipped_and_garbage_is_rejected() {
     let app = TestApp::spawn().await;
     let id = app.enqueue(noop(json!({}))).await;
-    let done = app.wait_for_state(&id, "succeeded", Duration::from_secs(5)).await;
+    let done = app
+        .wait_for_state(&id, "succeeded", Duration::from_secs(5))
+        .await;
     assert_eq!(done["attempts"], 1);
 
     // RabbitMQ delivers the job again (as after a lost ack): it must not run twice.
     let skipped_before = worker_metric(&app, "conveyor_deliveries_skipped_total").await;
-    let message = JobMessage { id: id.parse().unwrap(), kind: "noop".into() };
+    let message = JobMessage {
+        id: id.parse().unwrap(),
+        kind: "noop".into(),
+    };
     publish(&app, serde_json::to_vec(&message).unwrap()).await;
     publish(&app, serde_json::to_vec(&message).unwrap()).await;
     let skipped = eventually(Duration::from_secs(5), || async {
@@ -61,22 +81,34 @@ async fn deliveries_for_finished_jobs_are_skipped_and_garbage_is_rejected() {
         (now >= skipped_before + 2.0).then_some(now)
     })
     .await;
-    assert!(skipped.is_some(), "the worker should have skipped both redeliveries");
+    assert!(
+        skipped.is_some(),
+        "the worker should have skipped both redeliveries"
+    );
     let after = app.get_json(&format!("/v1/jobs/{id}")).await;
     assert_eq!(after["state"], "succeeded");
     assert_eq!(after["attempts"], 1);
     assert_eq!(after["attempts_log"].as_array().unwrap().len(), 1);
-    assert_eq!(after["finished_at"], done["finished_at"], "the finished job was not touched");
+    assert_eq!(
+        after["finished_at"], done["finished_at"],
+        "the finished job was not touched"
+    );
 
     // A message for a job that does not exist is skipped the same way.
-    let ghost = JobMessage { id: conveyor_shared::JobId::new(), kind: "noop".into() };
+    let ghost = JobMessage {
+        id: conveyor_shared::JobId::new(),
+        kind: "noop".into(),
+    };
     publish(&app, serde_json::to_vec(&ghost).unwrap()).await;
     let ghost_skipped = eventually(Duration::from_secs(5), || async {
         let now = worker_metric(&app, "conveyor_deliveries_skipped_total").await;
         (now >= skipped_before + 3.0).then_some(())
     })
     .await;
-    assert!(ghost_skipped.is_some(), "a message for an unknown job should be skipped");
+    assert!(
+        ghost_skipped.is_some(),
+        "a message for an unknown job should be skipped"
+    );
 
     // Garbage is rejected, counted, and the worker keeps working.
     let poison_before = worker_metric(&app, "conveyor_poison_messages_total").await;
@@ -86,17 +118,26 @@ async fn deliveries_for_finished_jobs_are_skipped_and_garbage_is_rejected() {
         (now >= poison_before + 1.0).then_some(())
     })
     .await;
-    assert!(rejected.is_some(), "the undecodable message should be counted as poison");
+    assert!(
+        rejected.is_some(),
+        "the undecodable message should be counted as poison"
+    );
     let next = app.enqueue(noop(json!({}))).await;
-    app.wait_for_state(&next, "succeeded", Duration::from_secs(5)).await;
+    app.wait_for_state(&next, "succeeded", Duration::from_secs(5))
+        .await;
 
     // Nothing is left in the queue: every message was acked or rejected.
-    let conn = lapin::Connection::connect(&amqp_url(), Default::default()).await.unwrap();
+    let conn = lapin::Connection::connect(&amqp_url(), Default::default())
+        .await
+        .unwrap();
     let channel = conn.create_channel().await.unwrap();
     let queue = channel
         .queue_declare(
             broker::queue_name(&app.broker, "default").into(),
-            lapin::options::QueueDeclareOptions { passive: true, ..Default::default() },
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
             Default::default(),
         )
         .await

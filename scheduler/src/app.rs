@@ -9,7 +9,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let pool = db::connect(&config.database).await?;
     let health = Health::new(pool.clone());
     let probe = tokio::spawn(probe::serve(config.addr, health.clone(), shutdown.clone()));
-    let relay = Relay { pool, broker: config.broker, queues: config.queues, config: config.relay, health };
+    let relay = Relay {
+        pool,
+        broker: config.broker,
+        queues: config.queues,
+        config: config.relay,
+        health,
+    };
     relay.run(shutdown).await;
     probe.await??;
     Ok(())

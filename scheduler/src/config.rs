@@ -22,7 +22,10 @@ impl Config {
         Ok(Self {
             database: DatabaseConfig::from_env()?,
             broker: BrokerConfig::from_env()?,
-            addr: config::parse_or("CONVEYOR_SCHEDULER_ADDR", SocketAddr::from(([127, 0, 0, 1], 9102)))?,
+            addr: config::parse_or(
+                "CONVEYOR_SCHEDULER_ADDR",
+                SocketAddr::from(([127, 0, 0, 1], 9102)),
+            )?,
             queues: config::queues_from_env()?,
             relay: RelayConfig::from_env()?,
         })

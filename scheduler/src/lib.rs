@@ -2,10 +2,10 @@
 //! published even when no api runs) and its probe server; cron schedules arrive in a later step.
 #![forbid(unsafe_code)]
 
-/// The scheduler's configuration, from the environment.
-pub mod config;
 /// Wiring: probe server and relay, until shutdown.
 pub mod app;
+/// The scheduler's configuration, from the environment.
+pub mod config;
 
 pub use app::run;
 pub use config::Config;

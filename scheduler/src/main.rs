@@ -14,10 +14,18 @@ enum Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = if std::env::args().len() > 1 { Cli::parse() } else { Cli::Run };
+    let cli = if std::env::args().len() > 1 {
+        Cli::parse()
+    } else {
+        Cli::Run
+    };
     let config = Config::from_env()?;
     match cli {
-        Cli::Healthcheck => std::process::exit(if probe::healthcheck(config.addr).await { 0 } else { 1 }),
+        Cli::Healthcheck => std::process::exit(if probe::healthcheck(config.addr).await {
+            0
+        } else {
+            1
+        }),
         Cli::Run => {
             telemetry::init_logging();
             tracing::info!(?config, "starting scheduler");

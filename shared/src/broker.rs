@@ -47,12 +47,18 @@ pub async fn declare_queues(
     queues: &[String],
 ) -> lapin::Result<()> {
     let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), AMQPValue::LongString(config.queue_type.clone().into()));
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(config.queue_type.clone().into()),
+    );
     for queue in queues {
         channel
             .queue_declare(
                 queue_name(config, queue).into(),
-                QueueDeclareOptions { durable: true, ..Default::default() },
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
                 args.clone(),
             )
             .await?;
@@ -70,7 +76,11 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(min: Duration, max: Duration) -> Self {
-        Self { min, max, next: min }
+        Self {
+            min,
+            max,
+            next: min,
+        }
     }
 
     /// The delay to wait now; the following one is twice as long (capped).

@@ -64,7 +64,10 @@ async fn create_database_if_missing(options: &PgConnectOptions) -> Result<(), Db
     if !exists {
         // Identifiers cannot be bound as parameters; the name is quoted and its quotes doubled.
         let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
-        match sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await {
+        match sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut admin)
+            .await
+        {
             Ok(_) => tracing::info!(database = %name, "created database"),
             // Another process created it between our check and our CREATE: fine.
             Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}

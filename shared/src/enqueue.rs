@@ -63,7 +63,10 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into() }
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -93,7 +96,12 @@ const MAX_SCHEDULE_AHEAD_DAYS: i64 = 366;
 impl EnqueueRequest {
     /// Validates every field, collecting all problems. `prefix` is `""` for a single job and
     /// `jobs[i].` inside a batch.
-    pub fn validate(&self, limits: &Limits, prefix: &str, now: DateTime<Utc>) -> Result<NewJob, Vec<FieldError>> {
+    pub fn validate(
+        &self,
+        limits: &Limits,
+        prefix: &str,
+        now: DateTime<Utc>,
+    ) -> Result<NewJob, Vec<FieldError>> {
         let mut errors = Vec::new();
         let kind = JobKind::parse(&self.kind, &self.payload, &format!("{prefix}payload"))
             .map_err(|e| errors.extend(e))
@@ -102,7 +110,10 @@ impl EnqueueRequest {
             (Some(q), _) if !limits.queues.iter().any(|known| known == q) => {
                 errors.push(FieldError::new(
                     format!("{prefix}queue"),
-                    format!("unknown queue {q:?}; known queues: {}", limits.queues.join(", ")),
+                    format!(
+                        "unknown queue {q:?}; known queues: {}",
+                        limits.queues.join(", ")
+                    ),
                 ));
                 None
             }
@@ -112,20 +123,31 @@ impl EnqueueRequest {
         };
         let priority = self.priority.unwrap_or(0);
         if !(-100..=100).contains(&priority) {
-            errors.push(FieldError::new(format!("{prefix}priority"), "must be between -100 and 100"));
+            errors.push(FieldError::new(
+                format!("{prefix}priority"),
+                "must be between -100 and 100",
+            ));
         }
         let max_attempts = self.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
         if !(1..=100).contains(&max_attempts) {
-            errors.push(FieldError::new(format!("{prefix}max_attempts"), "must be between 1 and 100"));
+            errors.push(FieldError::new(
+                format!("{prefix}max_attempts"),
+                "must be between 1 and 100",
+            ));
         }
         if let Some(t) = self.timeout_secs
             && !(1..=86_400).contains(&t)
         {
-            errors.push(FieldError::new(format!("{prefix}timeout_secs"), "must be between 1 and 86400"));
+            errors.push(FieldError::new(
+                format!("{prefix}timeout_secs"),
+                "must be between 1 and 86400",
+            ));
         }
         let run_at = match self.run_at.as_deref().map(DateTime::parse_from_rfc3339) {
             None => Some(now),
-            Some(Ok(t)) if t.with_timezone(&Utc) > now + Duration::days(MAX_SCHEDULE_AHEAD_DAYS) => {
+            Some(Ok(t))
+                if t.with_timezone(&Utc) > now + Duration::days(MAX_SCHEDULE_AHEAD_DAYS) =>
+            {
                 errors.push(FieldError::new(
                     format!("{prefix}run_at"),
                     format!("must be at most {MAX_SCHEDULE_AHEAD_DAYS} days ahead"),
@@ -145,7 +167,9 @@ impl EnqueueRequest {
         match (kind, queue, run_at) {
             (Some(kind), Some(queue), Some(run_at)) if errors.is_empty() => Ok(NewJob {
                 id: JobId::new(),
-                timeout_secs: self.timeout_secs.unwrap_or_else(|| kind.default_timeout_secs()),
+                timeout_secs: self
+                    .timeout_secs
+                    .unwrap_or_else(|| kind.default_timeout_secs()),
                 kind,
                 payload: self.payload.clone(),
                 queue,
@@ -160,14 +184,25 @@ impl EnqueueRequest {
 
 impl BatchRequest {
     /// Validates every job; any error rejects the whole batch.
-    pub fn validate(&self, limits: &Limits, now: DateTime<Utc>) -> Result<Vec<NewJob>, Vec<FieldError>> {
+    pub fn validate(
+        &self,
+        limits: &Limits,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<NewJob>, Vec<FieldError>> {
         if self.jobs.is_empty() {
-            return Err(vec![FieldError::new("jobs", "must contain at least one job")]);
+            return Err(vec![FieldError::new(
+                "jobs",
+                "must contain at least one job",
+            )]);
         }
         if self.jobs.len() > limits.max_batch {
             return Err(vec![FieldError::new(
                 "jobs",
-                format!("at most {} jobs per batch, got {}", limits.max_batch, self.jobs.len()),
+                format!(
+                    "at most {} jobs per batch, got {}",
+                    limits.max_batch,
+                    self.jobs.len()
+                ),
             )]);
         }
         let mut jobs = Vec::with_capacity(self.jobs.len());
@@ -178,7 +213,11 @@ impl BatchRequest {
                 Err(e) => errors.extend(e),
             }
         }
-        if errors.is_empty() { Ok(jobs) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(jobs)
+        } else {
+            Err(errors)
+        }
     }
 }
 
@@ -214,7 +253,10 @@ impl IdempotencyKey {
         hasher.update(scope.as_bytes());
         hasher.update([0]);
         hash_canonical(&mut hasher, request);
-        Self { key, request_sha256: hasher.finalize().to_vec() }
+        Self {
+            key,
+            request_sha256: hasher.finalize().to_vec(),
+        }
     }
 }
 
@@ -283,12 +325,17 @@ pub async fn enqueue(
             if digest != idem.request_sha256 {
                 return Err(EnqueueError::IdempotencyConflict);
             }
-            return Ok(Enqueued::Replayed(Job::get_many(pool, tenant, &original).await?));
+            return Ok(Enqueued::Replayed(
+                Job::get_many(pool, tenant, &original).await?,
+            ));
         }
     }
     let created = insert_jobs(&mut tx, tenant, &jobs).await?;
     if jobs.iter().any(|j| j.run_at <= Utc::now()) {
-        sqlx::query("SELECT pg_notify($1, '')").bind(OUTBOX_CHANNEL).execute(&mut *tx).await?;
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(OUTBOX_CHANNEL)
+            .execute(&mut *tx)
+            .await?;
     }
     tx.commit().await?;
     metrics_for(&jobs);
@@ -315,7 +362,14 @@ async fn insert_jobs(
     let queues: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
     let states: Vec<&str> = jobs
         .iter()
-        .map(|j| if j.run_at > now { JobState::Scheduled } else { JobState::Queued }.as_str())
+        .map(|j| {
+            if j.run_at > now {
+                JobState::Scheduled
+            } else {
+                JobState::Queued
+            }
+            .as_str()
+        })
         .collect();
     let payloads: Vec<&serde_json::Value> = jobs.iter().map(|j| &j.payload).collect();
     let priorities: Vec<i16> = jobs.iter().map(|j| j.priority).collect();
@@ -357,7 +411,10 @@ mod tests {
     use super::*;
 
     fn limits() -> Limits {
-        Limits { queues: vec!["default".into(), "transactions".into()], max_batch: 3 }
+        Limits {
+            queues: vec!["default".into(), "transactions".into()],
+            max_batch: 3,
+        }
     }
 
     fn req(v: serde_json::Value) -> EnqueueRequest {
@@ -367,7 +424,9 @@ mod tests {
     #[test]
     fn defaults_fill_in() {
         let now = Utc::now();
-        let job = req(json!({"kind": "noop"})).validate(&limits(), "", now).unwrap();
+        let job = req(json!({"kind": "noop"}))
+            .validate(&limits(), "", now)
+            .unwrap();
         assert_eq!(job.queue, "default");
         assert_eq!(job.max_attempts, DEFAULT_MAX_ATTEMPTS);
         assert_eq!(job.timeout_secs, 60);
@@ -378,19 +437,26 @@ mod tests {
     fn collects_every_bad_field() {
         let errs = req(json!({"kind": "noop", "queue": "nope", "priority": 500,
                               "max_attempts": 0, "timeout_secs": 0, "run_at": "tomorrow"}))
-            .validate(&limits(), "jobs[1].", Utc::now())
-            .unwrap_err();
+        .validate(&limits(), "jobs[1].", Utc::now())
+        .unwrap_err();
         let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(
             fields,
-            ["jobs[1].queue", "jobs[1].priority", "jobs[1].max_attempts", "jobs[1].timeout_secs", "jobs[1].run_at"]
+            [
+                "jobs[1].queue",
+                "jobs[1].priority",
+                "jobs[1].max_attempts",
+                "jobs[1].timeout_secs",
+                "jobs[1].run_at"
+            ]
         );
     }
 
     #[test]
     fn batch_limits() {
         let one = json!({"kind": "noop"});
-        let batch: BatchRequest = serde_json::from_value(json!({"jobs": [one, one, one, one]})).unwrap();
+        let batch: BatchRequest =
+            serde_json::from_value(json!({"jobs": [one, one, one, one]})).unwrap();
         let errs = batch.validate(&limits(), Utc::now()).unwrap_err();
         assert_eq!(errs[0].field, "jobs");
         let empty: BatchRequest = serde_json::from_value(json!({"jobs": []})).unwrap();
@@ -399,10 +465,26 @@ mod tests {
 
     #[test]
     fn idempotency_digest_ignores_key_order_but_not_values() {
-        let a = IdempotencyKey::new("k".into(), "job", &json!({"kind": "noop", "payload": {"a": 1, "b": 2}}));
-        let b = IdempotencyKey::new("k".into(), "job", &json!({"payload": {"b": 2, "a": 1}, "kind": "noop"}));
-        let c = IdempotencyKey::new("k".into(), "job", &json!({"payload": {"b": 3, "a": 1}, "kind": "noop"}));
-        let d = IdempotencyKey::new("k".into(), "batch", &json!({"payload": {"b": 2, "a": 1}, "kind": "noop"}));
+        let a = IdempotencyKey::new(
+            "k".into(),
+            "job",
+            &json!({"kind": "noop", "payload": {"a": 1, "b": 2}}),
+        );
+        let b = IdempotencyKey::new(
+            "k".into(),
+            "job",
+            &json!({"payload": {"b": 2, "a": 1}, "kind": "noop"}),
+        );
+        let c = IdempotencyKey::new(
+            "k".into(),
+            "job",
+            &json!({"payload": {"b": 3, "a": 1}, "kind": "noop"}),
+        );
+        let d = IdempotencyKey::new(
+            "k".into(),
+            "batch",
+            &json!({"payload": {"b": 2, "a": 1}, "kind": "noop"}),
+        );
         assert_eq!(a.request_sha256, b.request_sha256);
         assert_ne!(a.request_sha256, c.request_sha256);
         assert_ne!(a.request_sha256, d.request_sha256);

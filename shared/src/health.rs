@@ -36,7 +36,10 @@ impl Readiness {
 impl Health {
     pub fn new(pool: PgPool) -> Self {
         metrics::gauge!("conveyor_broker_connected").set(0.0);
-        Self { pool, broker_connected: Arc::new(AtomicBool::new(false)) }
+        Self {
+            pool,
+            broker_connected: Arc::new(AtomicBool::new(false)),
+        }
     }
 
     pub fn set_broker_connected(&self, up: bool) {
@@ -56,6 +59,9 @@ impl Health {
         .await
         .is_ok_and(|r| r.is_ok());
         metrics::gauge!("conveyor_db_connected").set(if postgres { 1.0 } else { 0.0 });
-        Readiness { postgres, rabbitmq: self.broker_connected() }
+        Readiness {
+            postgres,
+            rabbitmq: self.broker_connected(),
+        }
     }
 }

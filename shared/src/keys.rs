@@ -55,7 +55,9 @@ pub struct Principal {
 
 impl Principal {
     pub fn has(&self, scope: Scope) -> bool {
-        self.scopes.iter().any(|s| *s == scope || *s == Scope::Admin)
+        self.scopes
+            .iter()
+            .any(|s| *s == scope || *s == Scope::Admin)
     }
 }
 
@@ -86,7 +88,9 @@ const TOKEN_PREFIX: &str = "cvy_";
 
 pub fn valid_tenant(tenant: &str) -> bool {
     (1..=64).contains(&tenant.len())
-        && tenant.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && tenant
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 fn digest(token: &str) -> Vec<u8> {
@@ -108,7 +112,11 @@ impl ApiKey {
     ) -> Result<(ApiKey, String), KeyError> {
         let token: String = format!(
             "{TOKEN_PREFIX}{}",
-            rand::rng().sample_iter(&Alphanumeric).take(40).map(char::from).collect::<String>()
+            rand::rng()
+                .sample_iter(&Alphanumeric)
+                .take(40)
+                .map(char::from)
+                .collect::<String>()
         );
         let key = Self::insert(pool, tenant, name, scopes, &token).await?;
         Ok((key, token))
@@ -207,9 +215,16 @@ mod tests {
 
     #[test]
     fn admin_implies_every_scope() {
-        let p = Principal { key_id: Uuid::nil(), tenant: "t".into(), scopes: vec![Scope::Admin] };
+        let p = Principal {
+            key_id: Uuid::nil(),
+            tenant: "t".into(),
+            scopes: vec![Scope::Admin],
+        };
         assert!(Scope::ALL.iter().all(|s| p.has(*s)));
-        let r = Principal { scopes: vec![Scope::JobsRead], ..p };
+        let r = Principal {
+            scopes: vec![Scope::JobsRead],
+            ..p
+        };
         assert!(r.has(Scope::JobsRead) && !r.has(Scope::JobsWrite) && !r.has(Scope::Admin));
     }
 

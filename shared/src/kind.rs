@@ -40,24 +40,40 @@ impl JobKind {
 
     /// Parses and validates `payload` for `kind`. `field` is the path of the payload in the
     /// request (e.g. `jobs[3].payload`), used to name the offending field in errors.
-    pub fn parse(kind: &str, payload: &serde_json::Value, field: &str) -> Result<Self, Vec<FieldError>> {
+    pub fn parse(
+        kind: &str,
+        payload: &serde_json::Value,
+        field: &str,
+    ) -> Result<Self, Vec<FieldError>> {
         match kind {
             "noop" => typed::<NoopPayload>(payload, field)
                 .and_then(|p| p.validate(field).map(|()| p))
                 .map(Self::Noop),
             other => Err(vec![FieldError::new(
-                field.strip_suffix("payload").map_or("kind".into(), |p| format!("{p}kind")),
-                format!("unknown job kind {other:?}; known kinds: {}", Self::NAMES.join(", ")),
+                field
+                    .strip_suffix("payload")
+                    .map_or("kind".into(), |p| format!("{p}kind")),
+                format!(
+                    "unknown job kind {other:?}; known kinds: {}",
+                    Self::NAMES.join(", ")
+                ),
             )]),
         }
     }
 }
 
 /// Deserialises a payload, naming the exact field that does not fit.
-fn typed<T: DeserializeOwned>(payload: &serde_json::Value, field: &str) -> Result<T, Vec<FieldError>> {
+fn typed<T: DeserializeOwned>(
+    payload: &serde_json::Value,
+    field: &str,
+) -> Result<T, Vec<FieldError>> {
     serde_path_to_error::deserialize(payload).map_err(|e| {
         let path = e.path().to_string();
-        let at = if path == "." { field.to_owned() } else { format!("{field}.{path}") };
+        let at = if path == "." {
+            field.to_owned()
+        } else {
+            format!("{field}.{path}")
+        };
         vec![FieldError::new(at, e.into_inner().to_string())]
     })
 }
@@ -99,16 +115,22 @@ mod tests {
 
     #[test]
     fn noop_accepts_its_fields() {
-        let kind = JobKind::parse("noop", &json!({"sleep_ms": 5, "fail_times": 2}), "payload").unwrap();
+        let kind =
+            JobKind::parse("noop", &json!({"sleep_ms": 5, "fail_times": 2}), "payload").unwrap();
         assert_eq!(
             kind,
-            JobKind::Noop(NoopPayload { sleep_ms: Some(5), fail_times: Some(2), panic: None })
+            JobKind::Noop(NoopPayload {
+                sleep_ms: Some(5),
+                fail_times: Some(2),
+                panic: None
+            })
         );
     }
 
     #[test]
     fn names_the_offending_field() {
-        let err = JobKind::parse("noop", &json!({"sleep_ms": "soon"}), "jobs[2].payload").unwrap_err();
+        let err =
+            JobKind::parse("noop", &json!({"sleep_ms": "soon"}), "jobs[2].payload").unwrap_err();
         assert_eq!(err[0].field, "jobs[2].payload.sleep_ms");
         let err = JobKind::parse("noop", &json!({"bogus": 1}), "payload").unwrap_err();
         assert_eq!(err[0].field, "payload");

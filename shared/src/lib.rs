@@ -3,33 +3,33 @@
 //! except the small probe server behind the `probe` feature.
 #![forbid(unsafe_code)]
 
+/// RabbitMQ: connection with backoff, queue topology, the message that carries a job.
+pub mod broker;
 /// Reading configuration from the environment, with the documented defaults.
 pub mod config;
 /// Connecting to Postgres, creating the database if missing, running migrations.
 pub mod db;
-/// Jobs: identifiers, states, the stored row and the queries that move a job through its life.
-pub mod job;
-/// Job kinds and their payloads, each validated on its own type.
-pub mod kind;
 /// Accepting new jobs: request validation, idempotency keys and the transactional insert.
 pub mod enqueue;
-/// API keys: tokens, scopes, tenants; only digests are stored.
-pub mod keys;
-/// RabbitMQ: connection with backoff, queue topology, the message that carries a job.
-pub mod broker;
-/// The outbox queries: which due jobs are published next.
-pub mod outbox;
-/// The transactional outbox relay: publishes due jobs from Postgres to RabbitMQ.
-pub mod relay;
 /// Liveness and readiness state shared by a process's tasks.
 pub mod health;
-/// Logging and Prometheus metrics setup.
-pub mod telemetry;
-/// Turning SIGTERM / SIGINT into one cancellation token.
-pub mod shutdown;
+/// Jobs: identifiers, states, the stored row and the queries that move a job through its life.
+pub mod job;
+/// API keys: tokens, scopes, tenants; only digests are stored.
+pub mod keys;
+/// Job kinds and their payloads, each validated on its own type.
+pub mod kind;
+/// The outbox queries: which due jobs are published next.
+pub mod outbox;
 /// `/healthz`, `/readyz`, `/metrics` server and the `healthcheck` client every binary offers.
 #[cfg(feature = "probe")]
 pub mod probe;
+/// The transactional outbox relay: publishes due jobs from Postgres to RabbitMQ.
+pub mod relay;
+/// Turning SIGTERM / SIGINT into one cancellation token.
+pub mod shutdown;
+/// Logging and Prometheus metrics setup.
+pub mod telemetry;
 
 pub use job::{Job, JobId, JobState};
 pub use kind::JobKind;

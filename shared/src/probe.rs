@@ -73,7 +73,10 @@ pub async fn healthcheck(addr: SocketAddr) -> bool {
     match tokio::time::timeout(Duration::from_secs(3), ask).await {
         Ok(Ok(response)) => {
             let status_line = response.split(|b| *b == b'\n').next().unwrap_or_default();
-            String::from_utf8_lossy(status_line).split_whitespace().nth(1) == Some("200")
+            String::from_utf8_lossy(status_line)
+                .split_whitespace()
+                .nth(1)
+                == Some("200")
         }
         _ => false,
     }

@@ -117,13 +117,22 @@ impl Relay {
     async fn open(&self) -> Result<Session, lapin::Error> {
         let connection = broker::connect(&self.broker, "relay").await?;
         let channel = connection.create_channel().await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         broker::declare_queues(&channel, &self.broker, &self.queues).await?;
-        Ok(Session { connection, channel })
+        Ok(Session {
+            connection,
+            channel,
+        })
     }
 
     /// Publishes batches until the broker fails (Err) or shutdown (Ok).
-    async fn pump(&self, session: &Session, shutdown: &CancellationToken) -> Result<(), RelayError> {
+    async fn pump(
+        &self,
+        session: &Session,
+        shutdown: &CancellationToken,
+    ) -> Result<(), RelayError> {
         let mut listener = match PgListener::connect_with(&self.pool).await {
             Ok(mut l) => match l.listen(OUTBOX_CHANNEL).await {
                 Ok(()) => Some(l),
@@ -183,8 +192,11 @@ impl Relay {
         // pipelined batch about as fast as a single message.
         let mut confirms = Vec::with_capacity(due.len());
         for job in &due {
-            let body = serde_json::to_vec(&JobMessage { id: job.id, kind: job.kind.clone() })
-                .expect("a JobMessage always serialises");
+            let body = serde_json::to_vec(&JobMessage {
+                id: job.id,
+                kind: job.kind.clone(),
+            })
+            .expect("a JobMessage always serialises");
             let props = BasicProperties::default()
                 .with_delivery_mode(2)
                 .with_content_type("application/json".into())
@@ -195,7 +207,10 @@ impl Relay {
                 .basic_publish(
                     "".into(),
                     queue.clone().into(),
-                    BasicPublishOptions { mandatory: true, ..Default::default() },
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
                     &body,
                     props,
                 )
@@ -217,10 +232,15 @@ impl Relay {
         outbox::mark_published(&mut tx, &ids).await?;
         tx.commit().await?;
         for job in &due {
-            metrics::counter!("conveyor_relay_published_total", "queue" => job.queue.clone()).increment(1);
+            metrics::counter!("conveyor_relay_published_total", "queue" => job.queue.clone())
+                .increment(1);
         }
         metrics::histogram!("conveyor_relay_batch_seconds").record(started.elapsed().as_secs_f64());
-        tracing::debug!(jobs = due.len(), elapsed_ms = started.elapsed().as_millis() as u64, "published batch");
+        tracing::debug!(
+            jobs = due.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "published batch"
+        );
         Ok(due.len())
     }
 }

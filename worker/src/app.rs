@@ -23,7 +23,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 .await
         }
     });
-    let consumer = Consumer { pool, config: Arc::new(config), registry: Registry::with_defaults(), health };
+    let consumer = Consumer {
+        pool,
+        config: Arc::new(config),
+        registry: Registry::with_defaults(),
+        health,
+    };
     consumer.run(shutdown).await;
     probe_shutdown.cancel();
     let _ = probe.await;

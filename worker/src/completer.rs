@@ -6,7 +6,10 @@
 
 use std::time::Duration;
 
-use conveyor_shared::{broker::Backoff, job::lifecycle::{self, Completion}};
+use conveyor_shared::{
+    broker::Backoff,
+    job::lifecycle::{self, Completion},
+};
 use lapin::{Acker, options::BasicAckOptions};
 use sqlx::PgPool;
 use tokio::sync::mpsc;
@@ -60,6 +63,8 @@ pub async fn ack(acker: &Acker, job: conveyor_shared::JobId) {
     match acker.ack(BasicAckOptions::default()).await {
         Ok(true) => {}
         Ok(false) => tracing::warn!(job_id = %job, "delivery was already acked"),
-        Err(e) => tracing::debug!(job_id = %job, error = %e, "ack failed; RabbitMQ will redeliver and the worker will skip it"),
+        Err(e) => {
+            tracing::debug!(job_id = %job, error = %e, "ack failed; RabbitMQ will redeliver and the worker will skip it")
+        }
     }
 }

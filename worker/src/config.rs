@@ -31,16 +31,25 @@ impl Config {
         Ok(Self {
             database: DatabaseConfig::from_env()?,
             broker: BrokerConfig::from_env()?,
-            addr: config::parse_or("CONVEYOR_WORKER_ADDR", SocketAddr::from(([127, 0, 0, 1], 9101)))?,
+            addr: config::parse_or(
+                "CONVEYOR_WORKER_ADDR",
+                SocketAddr::from(([127, 0, 0, 1], 9101)),
+            )?,
             queues: config::queues_from_env()?,
             concurrency: concurrency.max(1),
-            prefetch: config::parse_or("CONVEYOR_WORKER_PREFETCH", (concurrency * 2).min(u16::MAX as usize) as u16)?,
+            prefetch: config::parse_or(
+                "CONVEYOR_WORKER_PREFETCH",
+                (concurrency * 2).min(u16::MAX as usize) as u16,
+            )?,
             worker_id: config::var_or("CONVEYOR_WORKER_ID", &default_worker_id()),
             retry: RetryPolicy {
                 base: config::millis_or("CONVEYOR_RETRY_BASE_MS", 1_000)?,
                 max: config::millis_or("CONVEYOR_RETRY_MAX_MS", 600_000)?,
             },
-            shutdown_grace: Duration::from_secs(config::parse_or("CONVEYOR_SHUTDOWN_GRACE_SECS", 30)?),
+            shutdown_grace: Duration::from_secs(config::parse_or(
+                "CONVEYOR_SHUTDOWN_GRACE_SECS",
+                30,
+            )?),
         })
     }
 }

@@ -18,7 +18,10 @@ use futures_util::{FutureExt, StreamExt, stream::SelectAll};
 use lapin::{
     Channel, Connection,
     message::Delivery,
-    options::{BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions},
+    options::{
+        BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+        BasicRejectOptions,
+    },
     types::FieldTable,
 };
 use sqlx::PgPool;
@@ -65,7 +68,10 @@ impl Consumer {
         let (done_tx, done_rx) = mpsc::channel::<Finished>(this.config.concurrency * 2);
         let completer = tokio::spawn(completer::run(this.pool.clone(), done_rx));
         let permits = Arc::new(Semaphore::new(this.config.concurrency));
-        let mut backoff = Backoff::new(this.config.broker.reconnect_min, this.config.broker.reconnect_max);
+        let mut backoff = Backoff::new(
+            this.config.broker.reconnect_min,
+            this.config.broker.reconnect_max,
+        );
         let mut last_session = None;
         while !shutdown.is_cancelled() {
             let mut session = match this.open().await {
@@ -84,7 +90,10 @@ impl Consumer {
             backoff.reset();
             tracing::info!(queues = ?this.config.queues, prefetch = this.config.prefetch,
                 concurrency = this.config.concurrency, "worker consuming");
-            match this.consume(&mut session, &shutdown, &tracker, &permits, &done_tx).await {
+            match this
+                .consume(&mut session, &shutdown, &tracker, &permits, &done_tx)
+                .await
+            {
                 Ok(()) => {
                     last_session = Some(session);
                     break;
@@ -99,23 +108,42 @@ impl Consumer {
         // Shutdown: stop deliveries first, then give running jobs the grace period.
         if let Some(session) = &last_session {
             for tag in &session.tags {
-                let _ = session.channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+                let _ = session
+                    .channel
+                    .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                    .await;
             }
         }
         tracker.close();
         let in_flight = tracker.len();
         if in_flight > 0 {
-            tracing::info!(in_flight, grace_secs = this.config.shutdown_grace.as_secs(), "waiting for running jobs");
+            tracing::info!(
+                in_flight,
+                grace_secs = this.config.shutdown_grace.as_secs(),
+                "waiting for running jobs"
+            );
         }
-        if tokio::time::timeout(this.config.shutdown_grace, tracker.wait()).await.is_err() {
-            tracing::warn!(abandoned = tracker.len(), "grace period over; unfinished jobs are left to redelivery");
+        if tokio::time::timeout(this.config.shutdown_grace, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                abandoned = tracker.len(),
+                "grace period over; unfinished jobs are left to redelivery"
+            );
         }
         drop(done_tx);
-        if tokio::time::timeout(Duration::from_secs(10), completer).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(10), completer)
+            .await
+            .is_err()
+        {
             tracing::warn!("could not record every outcome before exiting");
         }
         if let Some(session) = last_session {
-            let _ = session.connection.close(200, "worker stopping".into()).await;
+            let _ = session
+                .connection
+                .close(200, "worker stopping".into())
+                .await;
         }
         this.health.set_broker_connected(false);
         tracing::info!("worker stopped");
@@ -124,7 +152,9 @@ impl Consumer {
     async fn open(&self) -> lapin::Result<Session> {
         let connection = broker::connect(&self.config.broker, "worker").await?;
         let channel = connection.create_channel().await?;
-        channel.basic_qos(self.config.prefetch, BasicQosOptions::default()).await?;
+        channel
+            .basic_qos(self.config.prefetch, BasicQosOptions::default())
+            .await?;
         broker::declare_queues(&channel, &self.config.broker, &self.config.queues).await?;
         let mut deliveries = SelectAll::new();
         let mut tags = Vec::new();
@@ -141,7 +171,12 @@ impl Consumer {
             tags.push(tag);
             deliveries.push(consumer);
         }
-        Ok(Session { connection, channel, tags, deliveries })
+        Ok(Session {
+            connection,
+            channel,
+            tags,
+            deliveries,
+        })
     }
 
     /// Takes windows of deliveries until shutdown (Ok) or a broker failure (Err).
@@ -206,7 +241,10 @@ impl Consumer {
                     // Redelivering a message we cannot read would loop forever.
                     tracing::error!(error = %e, routing_key = %delivery.routing_key, "undecodable message; rejecting");
                     metrics::counter!("conveyor_poison_messages_total").increment(1);
-                    let _ = delivery.acker.reject(BasicRejectOptions { requeue: false }).await;
+                    let _ = delivery
+                        .acker
+                        .reject(BasicRejectOptions { requeue: false })
+                        .await;
                 }
             }
         }
@@ -214,14 +252,27 @@ impl Consumer {
             return;
         }
         let ids: Vec<_> = decoded.iter().map(|(m, _, _)| m.id).collect();
-        let claimed = match lifecycle::claim_batch(&self.pool, &ids, &self.config.worker_id, LEASE_SLACK_SECS).await {
+        let claimed = match lifecycle::claim_batch(
+            &self.pool,
+            &ids,
+            &self.config.worker_id,
+            LEASE_SLACK_SECS,
+        )
+        .await
+        {
             Ok(jobs) => jobs,
             Err(e) => {
                 tracing::warn!(error = %e, jobs = ids.len(), "cannot claim jobs; returning them to RabbitMQ");
                 metrics::counter!("conveyor_claim_errors_total").increment(1);
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 for (_, delivery, _) in decoded {
-                    let _ = delivery.acker.nack(BasicNackOptions { requeue: true, multiple: false }).await;
+                    let _ = delivery
+                        .acker
+                        .nack(BasicNackOptions {
+                            requeue: true,
+                            multiple: false,
+                        })
+                        .await;
                 }
                 return;
             }
@@ -239,7 +290,12 @@ impl Consumer {
             let done = done.clone();
             tracker.spawn(async move {
                 let completion = runner::run_job(&this.registry, &job, &this.config.retry).await;
-                let _ = done.send(Finished { completion, acker: delivery.acker }).await;
+                let _ = done
+                    .send(Finished {
+                        completion,
+                        acker: delivery.acker,
+                    })
+                    .await;
                 drop(permit);
             });
         }

@@ -11,20 +11,20 @@
 //! concurrency limits are done with tokio primitives in [`runner`] and [`consumer`].
 #![forbid(unsafe_code)]
 
+/// Wiring: probe server + consumer, until shutdown.
+pub mod app;
+/// Batched completions: record outcomes in Postgres, then ack.
+pub mod completer;
 /// Worker configuration from the environment.
 pub mod config;
 /// The consumer loop: deliveries → batched claims → handler tasks.
 pub mod consumer;
-/// Batched completions: record outcomes in Postgres, then ack.
-pub mod completer;
 /// Handlers by job kind, and the `noop` handler.
 pub mod handlers;
-/// Runs one claimed job: timeout, panic capture, outcome classification.
-pub mod runner;
 /// Retry delays: exponential backoff with full jitter.
 pub mod retry;
-/// Wiring: probe server + consumer, until shutdown.
-pub mod app;
+/// Runs one claimed job: timeout, panic capture, outcome classification.
+pub mod runner;
 
 pub use app::run;
 pub use config::Config;

@@ -31,7 +31,10 @@ mod tests {
 
     #[test]
     fn grows_with_attempts_and_stays_under_the_cap() {
-        let p = RetryPolicy { base: Duration::from_millis(100), max: Duration::from_secs(1) };
+        let p = RetryPolicy {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        };
         for _ in 0..200 {
             assert!(p.delay(1, None) <= Duration::from_millis(100));
             assert!(p.delay(3, None) <= Duration::from_millis(400));
@@ -44,8 +47,17 @@ mod tests {
 
     #[test]
     fn a_requested_delay_wins_but_is_capped() {
-        let p = RetryPolicy { base: Duration::from_millis(100), max: Duration::from_secs(1) };
-        assert_eq!(p.delay(1, Some(Duration::from_millis(700))), Duration::from_millis(700));
-        assert_eq!(p.delay(1, Some(Duration::from_secs(90))), Duration::from_secs(1));
+        let p = RetryPolicy {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        };
+        assert_eq!(
+            p.delay(1, Some(Duration::from_millis(700))),
+            Duration::from_millis(700)
+        );
+        assert_eq!(
+            p.delay(1, Some(Duration::from_secs(90))),
+            Duration::from_secs(1)
+        );
     }
 }

@@ -112,12 +112,23 @@ fn classify(job: &Job, ended: Ended, retry: &RetryPolicy) -> Completion {
         retry_at: None,
     };
     let (outcome, error, retryable, requested) = match ended {
-        Ended::Ok(value) => return Completion { result: Some(value), ..base },
-        Ended::Failed(HandlerError::Permanent(msg)) => (Outcome::Failed, msg, false, None),
-        Ended::Failed(HandlerError::Retryable { message, retry_after }) => {
-            (Outcome::Failed, message, true, retry_after)
+        Ended::Ok(value) => {
+            return Completion {
+                result: Some(value),
+                ..base
+            };
         }
-        Ended::Panicked(msg) => (Outcome::Failed, format!("handler panicked: {msg}"), true, None),
+        Ended::Failed(HandlerError::Permanent(msg)) => (Outcome::Failed, msg, false, None),
+        Ended::Failed(HandlerError::Retryable {
+            message,
+            retry_after,
+        }) => (Outcome::Failed, message, true, retry_after),
+        Ended::Panicked(msg) => (
+            Outcome::Failed,
+            format!("handler panicked: {msg}"),
+            true,
+            None,
+        ),
         Ended::TimedOut(limit) => (
             Outcome::TimedOut,
             format!("attempt exceeded timeout of {}s", limit.as_secs()),
@@ -140,6 +151,11 @@ fn classify(job: &Job, ended: Ended, retry: &RetryPolicy) -> Completion {
         } else {
             error
         };
-        Completion { next_state: JobState::Dead, outcome, error: Some(error), ..base }
+        Completion {
+            next_state: JobState::Dead,
+            outcome,
+            error: Some(error),
+            ..base
+        }
     }
 }

@@ -59,15 +59,24 @@ pub async fn create(
     let principal = caller.require(Scope::JobsWrite)?;
     let idem = idempotency_key(&headers)?;
     let (req, raw): (EnqueueRequest, _) = body::json(request, state.limits.max_body_bytes).await?;
-    let job = req.validate(&state.limits.enqueue, "", Utc::now()).map_err(ApiError::Validation)?;
+    let job = req
+        .validate(&state.limits.enqueue, "", Utc::now())
+        .map_err(ApiError::Validation)?;
     let idem = idem.map(|k| IdempotencyKey::new(k, "job", &raw));
     match enqueue::enqueue(&state.pool, &principal.tenant, vec![job], idem).await? {
         Enqueued::Created(mut jobs) => {
             let job = jobs.remove(0);
             let location = format!("/v1/jobs/{}", job.id);
-            Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(job)).into_response())
+            Ok((
+                StatusCode::CREATED,
+                [(header::LOCATION, location)],
+                Json(job),
+            )
+                .into_response())
         }
-        Enqueued::Replayed(mut jobs) if !jobs.is_empty() => Ok((StatusCode::OK, Json(jobs.remove(0))).into_response()),
+        Enqueued::Replayed(mut jobs) if !jobs.is_empty() => {
+            Ok((StatusCode::OK, Json(jobs.remove(0))).into_response())
+        }
         Enqueued::Replayed(_) => Err(ApiError::NotFound("the job this Idempotency-Key created")),
     }
 }
@@ -94,14 +103,24 @@ pub async fn create_batch(
 ) -> Result<Response, ApiError> {
     let principal = caller.require(Scope::JobsWrite)?;
     let idem = idempotency_key(&headers)?;
-    let (req, raw): (BatchRequest, _) = body::json(request, state.limits.max_batch_body_bytes).await?;
-    let jobs = req.validate(&state.limits.enqueue, Utc::now()).map_err(ApiError::Validation)?;
+    let (req, raw): (BatchRequest, _) =
+        body::json(request, state.limits.max_batch_body_bytes).await?;
+    let jobs = req
+        .validate(&state.limits.enqueue, Utc::now())
+        .map_err(ApiError::Validation)?;
     let idem = idem.map(|k| IdempotencyKey::new(k, "batch", &raw));
     let (status, jobs) = match enqueue::enqueue(&state.pool, &principal.tenant, jobs, idem).await? {
         Enqueued::Created(jobs) => (StatusCode::CREATED, jobs),
         Enqueued::Replayed(jobs) => (StatusCode::OK, jobs),
     };
-    Ok((status, Json(JobList { jobs, next_cursor: None })).into_response())
+    Ok((
+        status,
+        Json(JobList {
+            jobs,
+            next_cursor: None,
+        }),
+    )
+        .into_response())
 }
 
 /// One job with its attempts log.
@@ -152,7 +171,10 @@ impl ListParams {
             let parsed = JobState::parse(s);
             if parsed.is_none() {
                 let known: Vec<_> = JobState::ALL.iter().map(|s| s.as_str()).collect();
-                field("state", format!("unknown state {s:?}; one of {}", known.join(", ")));
+                field(
+                    "state",
+                    format!("unknown state {s:?}; one of {}", known.join(", ")),
+                );
             }
             parsed
         });
@@ -181,7 +203,14 @@ impl ListParams {
         if !errors.is_empty() {
             return Err(ApiError::Validation(errors));
         }
-        Ok(JobFilter { queue: self.queue, state, kind: self.kind, schedule_id, before, limit })
+        Ok(JobFilter {
+            queue: self.queue,
+            state,
+            kind: self.kind,
+            schedule_id,
+            before,
+            limit,
+        })
     }
 }
 
@@ -216,7 +245,9 @@ pub async fn list(
 
 /// The Idempotency-Key header, if any: 1 to 255 visible ASCII characters.
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get(IDEMPOTENCY_HEADER) else { return Ok(None) };
+    let Some(value) = headers.get(IDEMPOTENCY_HEADER) else {
+        return Ok(None);
+    };
     let key = value.to_str().unwrap_or_default();
     if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(ApiError::BadHeader(

@@ -43,7 +43,10 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self { worker: true, api_amqp_url: None }
+        Self {
+            worker: true,
+            api_amqp_url: None,
+        }
     }
 }
 
@@ -72,7 +75,11 @@ impl TestApp {
         let database = DatabaseConfig::with_url(format!("{}/{db_name}", pg_server()));
         let broker = BrokerConfig::with_url(amqp_url(), format!("test-{id}"));
         let token = format!("cvy_test_{id}");
-        let queues = vec!["default".to_owned(), "transactions".to_owned(), "integrations".to_owned()];
+        let queues = vec![
+            "default".to_owned(),
+            "transactions".to_owned(),
+            "integrations".to_owned(),
+        ];
         let config = ApiConfig {
             database: database.clone(),
             broker: BrokerConfig {
@@ -82,7 +89,10 @@ impl TestApp {
             addr: "127.0.0.1:0".parse().unwrap(),
             queues: queues.clone(),
             bootstrap_token: Some(token.clone().into()),
-            relay: RelayConfig { poll_interval: Duration::from_millis(50), ..Default::default() },
+            relay: RelayConfig {
+                poll_interval: Duration::from_millis(50),
+                ..Default::default()
+            },
             max_body_bytes: 1024 * 1024,
             max_batch_body_bytes: 16 * 1024 * 1024,
             max_batch_jobs: 1000,
@@ -123,7 +133,9 @@ impl TestApp {
             worker_addr = Some(wconfig.addr);
             let shutdown = shutdown.clone();
             tasks.push(tokio::spawn(async move {
-                conveyor_worker::run(wconfig, shutdown).await.expect("worker failed")
+                conveyor_worker::run(wconfig, shutdown)
+                    .await
+                    .expect("worker failed")
             }));
         }
         let app = Self {
@@ -168,11 +180,22 @@ impl TestApp {
     }
 
     pub async fn post_as(&self, token: &str, path: &str, body: Value) -> Response {
-        self.client.post(self.url(path)).bearer_auth(token).json(&body).send().await.unwrap()
+        self.client
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn get_as(&self, token: &str, path: &str) -> Response {
-        self.client.get(self.url(path)).bearer_auth(token).send().await.unwrap()
+        self.client
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn get_json(&self, path: &str) -> Value {
@@ -207,11 +230,17 @@ impl TestApp {
 
     /// A new key for `tenant` with `scopes`; returns its token.
     pub async fn key(&self, tenant: &str, scopes: &[Scope]) -> String {
-        ApiKey::create(&self.pool, tenant, "test", scopes).await.unwrap().1
+        ApiKey::create(&self.pool, tenant, "test", scopes)
+            .await
+            .unwrap()
+            .1
     }
 
     pub async fn count_jobs(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM jobs").fetch_one(&self.pool).await.unwrap()
+        sqlx::query_scalar("SELECT count(*) FROM jobs")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
     }
 
     /// Stops the api and worker, deletes the test's queues and database.
@@ -241,7 +270,10 @@ impl TestApp {
 fn init_test_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tower_http=warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
 }
 
 /// Calls `probe` until it returns `Some`, or gives up after `within`.
@@ -272,7 +304,11 @@ async fn assert_broker_reachable() {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A noop job body.

@@ -15,8 +15,20 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 /// A job's identifier: a UUIDv7, so ids sort by creation time and double as list cursors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[derive(sqlx::Type, ToSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    sqlx::Type,
+    ToSchema,
+)]
 #[sqlx(transparent)]
 #[serde(transparent)]
 #[schema(value_type = String, format = Uuid)]

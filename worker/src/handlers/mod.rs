@@ -26,7 +26,10 @@ pub struct JobContext {
 pub enum HandlerError {
     /// Worth trying again later, optionally not before `retry_after`.
     #[error("{message}")]
-    Retryable { message: String, retry_after: Option<Duration> },
+    Retryable {
+        message: String,
+        retry_after: Option<Duration>,
+    },
     /// Will fail the same way every time: the job goes to `dead`.
     #[error("{0}")]
     Permanent(String),
@@ -34,7 +37,10 @@ pub enum HandlerError {
 
 impl HandlerError {
     pub fn retryable(message: impl Into<String>) -> Self {
-        Self::Retryable { message: message.into(), retry_after: None }
+        Self::Retryable {
+            message: message.into(),
+            retry_after: None,
+        }
     }
 }
 
