@@ -1,0 +1,187 @@
+//! `conveyor-api keys create|list|revoke` and `migrate`, run as the real binary.
+
+mod support;
+
+use std::process::{Command, Output};
+
+use reqwest::StatusCode;
+use serde_json::json;
+use support::{Options, TestApp};
+
+async fn conveyor_api(app: &TestApp, args: &[&str]) -> Output {
+    let url = format!("postgres://postgres@127.0.0.1:5432/{}", app.db_name);
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_conveyor-api"))
+            .args(&args)
+            .env("DATABASE_URL", url)
+            .env_remove("CONVEYOR_BOOTSTRAP_TOKEN")
+            .output()
+            .expect("conveyor-api runs")
+    })
+    .await
+    .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn keys_are_created_listed_and_revoked_from_the_command_line() {
+    let app = TestApp::spawn_with(Options {
+        worker: false,
+        ..Default::default()
+    })
+    .await;
+
+    let out = conveyor_api(
+        &app,
+        &[
+            "keys",
+            "create",
+            "--tenant",
+            "acme",
+            "--scope",
+            "jobs:read",
+            "--name",
+            "ci",
+        ],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "keys create failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = stdout(&out);
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    };
+    let token = field("token:");
+    let id = field("id:");
+    assert!(token.starts_with("cvy_"), "{token}");
+
+    // The token works, for its tenant and scope only.
+    let r = app.get_as(&token, "/v1/jobs").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["jobs"],
+        json!([])
+    );
+    let r = app
+        .post_as(&token, "/v1/jobs", json!({"kind": "noop"}))
+        .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+
+    let out = conveyor_api(&app, &["keys", "list", "--tenant", "acme"]).await;
+    assert!(out.status.success());
+    let listing = stdout(&out);
+    assert!(
+        listing.contains(&id) && listing.contains("active") && listing.contains("jobs:read"),
+        "{listing}"
+    );
+    assert!(
+        !listing.contains(&token),
+        "keys list must never print a token"
+    );
+
+    let out = conveyor_api(&app, &["keys", "revoke", &id]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        app.get_as(&token, "/v1/jobs").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let out = conveyor_api(&app, &["keys", "list"]).await;
+    assert!(
+        stdout(&out)
+            .lines()
+            .any(|l| l.contains(&id) && l.contains("revoked"))
+    );
+
+    // Revoking twice, or a bad scope, fails with a message.
+    let out = conveyor_api(&app, &["keys", "revoke", &id]).await;
+    assert!(!out.status.success());
+    let out = conveyor_api(
+        &app,
+        &[
+            "keys",
+            "create",
+            "--tenant",
+            "acme",
+            "--scope",
+            "jobs:everything",
+        ],
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown scope"));
+    let out = conveyor_api(
+        &app,
+        &[
+            "keys",
+            "create",
+            "--tenant",
+            "no spaces",
+            "--scope",
+            "admin",
+        ],
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid tenant"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn migrate_creates_a_missing_database() {
+    let app = TestApp::spawn_with(Options {
+        worker: false,
+        ..Default::default()
+    })
+    .await;
+    let fresh = format!("{}_fresh", app.db_name);
+    let url = format!("postgres://postgres@127.0.0.1:5432/{fresh}");
+    let out = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_conveyor-api"))
+                .arg("migrate")
+                .env("DATABASE_URL", url)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name IN ('jobs', 'api_keys', 'job_attempts', 'idempotency_keys')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(tables, 4);
+    pool.close().await;
+    let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres")
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE \"{fresh}\" WITH (FORCE)"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+    app.stop().await;
+}
