@@ -35,6 +35,11 @@ pub async fn json<T: DeserializeOwned>(
         .map_err(|_| ApiError::PayloadTooLarge(limit))?;
     let value: serde_json::Value =
         serde_json::from_slice(&bytes).map_err(|e| ApiError::MalformedJson(format!("{e}")))?;
+    // serde's derived structs also accept a JSON array, filling fields by position; a request
+    // is an object, full stop.
+    if !value.is_object() {
+        return Err(ApiError::field("body", "must be a JSON object"));
+    }
     let typed = serde_path_to_error::deserialize(&value).map_err(|e| {
         let path = e.path().to_string();
         let message = e.inner().to_string();

@@ -41,6 +41,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        conveyor_shared::telemetry::metrics();
         let pool = db::connect_and_migrate(&config.database).await?;
         if let Some(token) = &config.bootstrap_token {
             ApiKey::ensure_bootstrap(&pool, token.expose_secret()).await?;

@@ -6,6 +6,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    conveyor_shared::telemetry::metrics();
     let pool = db::connect(&config.database).await?;
     let health = Health::new(pool.clone());
     let probe = tokio::spawn(probe::serve(config.addr, health.clone(), shutdown.clone()));

@@ -67,14 +67,27 @@ fn typed<T: DeserializeOwned>(
     payload: &serde_json::Value,
     field: &str,
 ) -> Result<T, Vec<FieldError>> {
+    // serde's derived structs also accept a JSON array (fields by position); a payload is an
+    // object and nothing else.
+    if !payload.is_object() {
+        return Err(vec![FieldError::new(field, "must be a JSON object")]);
+    }
     serde_path_to_error::deserialize(payload).map_err(|e| {
-        let path = e.path().to_string();
-        let at = if path == "." {
-            field.to_owned()
-        } else {
-            format!("{field}.{path}")
-        };
-        vec![FieldError::new(at, e.into_inner().to_string())]
+        let message = e.inner().to_string();
+        // serde_path_to_error ends the path with an unknown key itself; the field at fault is
+        // the object that does not accept it.
+        let mut segments: Vec<_> = e.path().iter().collect();
+        if message.starts_with("unknown field `") {
+            segments.pop();
+        }
+        let mut at = field.to_owned();
+        for segment in segments {
+            if !matches!(segment, serde_path_to_error::Segment::Seq { .. }) {
+                at.push('.');
+            }
+            at.push_str(&segment.to_string());
+        }
+        vec![FieldError::new(at, message)]
     })
 }
 

@@ -26,7 +26,8 @@ pub fn init_logging() {
     };
 }
 
-/// The process's metrics recorder, installed on first use.
+/// The process's metrics recorder, installed on first use. Every service calls it before doing
+/// anything else: a metric recorded before the recorder is installed is lost.
 pub fn metrics() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {

@@ -9,6 +9,7 @@ use crate::{config::Config, consumer::Consumer, handlers::Registry};
 
 /// Runs a worker until `shutdown` is cancelled and its in-flight jobs are done.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    conveyor_shared::telemetry::metrics();
     let pool = db::connect(&config.database).await?;
     let health = Health::new(pool.clone());
     let listener = tokio::net::TcpListener::bind(config.addr).await?;

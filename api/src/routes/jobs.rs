@@ -11,7 +11,7 @@ use axum::{
 use chrono::Utc;
 use conveyor_shared::{
     Job, JobId, JobState,
-    enqueue::{self, BatchRequest, EnqueueRequest, Enqueued, IdempotencyKey},
+    enqueue::{self, BatchRequest, EnqueueRequest, Enqueued, FieldError, IdempotencyKey},
     job::JobFilter,
     keys::Scope,
 };
@@ -105,6 +105,17 @@ pub async fn create_batch(
     let idem = idempotency_key(&headers)?;
     let (req, raw): (BatchRequest, _) =
         body::json(request, state.limits.max_batch_body_bytes).await?;
+    let positional: Vec<_> = raw["jobs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .filter(|(_, job)| !job.is_object())
+        .map(|(i, _)| FieldError::new(format!("jobs[{i}]"), "must be a JSON object"))
+        .collect();
+    if !positional.is_empty() {
+        return Err(ApiError::Validation(positional));
+    }
     let jobs = req
         .validate(&state.limits.enqueue, Utc::now())
         .map_err(ApiError::Validation)?;
@@ -164,9 +175,7 @@ pub struct ListParams {
 impl ListParams {
     fn into_filter(self) -> Result<JobFilter, ApiError> {
         let mut errors = Vec::new();
-        let mut field = |name: &str, message: String| {
-            errors.push(conveyor_shared::enqueue::FieldError::new(name, message))
-        };
+        let mut field = |name: &str, message: String| errors.push(FieldError::new(name, message));
         let state = self.state.as_deref().and_then(|s| {
             let parsed = JobState::parse(s);
             if parsed.is_none() {

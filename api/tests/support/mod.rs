@@ -15,7 +15,7 @@ use conveyor_shared::{
     keys::{ApiKey, Scope},
     relay::RelayConfig,
 };
-use reqwest::{Response, StatusCode};
+use reqwest::{Response, StatusCode, header};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -314,4 +314,37 @@ fn free_port() -> u16 {
 /// A noop job body.
 pub fn noop(payload: Value) -> Value {
     json!({"kind": "noop", "payload": payload})
+}
+
+/// Asserts `r` is an RFC 9457 problem with `status` and `code`, and returns the document.
+pub async fn problem(r: Response, status: StatusCode, code: &str) -> Value {
+    let actual = r.status();
+    let headers = r.headers().clone();
+    let text = r.text().await.unwrap();
+    assert_eq!(actual, status, "{text}");
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        headers[header::CONTENT_TYPE],
+        "application/problem+json",
+        "{body:#}"
+    );
+    assert_eq!(body["status"], status.as_u16(), "{body:#}");
+    assert_eq!(body["code"], code, "{body:#}");
+    assert_eq!(
+        body["type"],
+        format!("https://conveyor.dev/problems/{}", code.replace('_', "-")),
+        "{body:#}"
+    );
+    assert!(
+        body["title"].as_str().is_some_and(|t| !t.is_empty()),
+        "{body:#}"
+    );
+    assert!(
+        body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+        "{body:#}"
+    );
+    if status == StatusCode::UNAUTHORIZED {
+        assert_eq!(headers[header::WWW_AUTHENTICATE], "Bearer", "{body:#}");
+    }
+    body
 }
