@@ -136,7 +136,7 @@ fn classify(job: &Job, ended: Ended, retry: &RetryPolicy) -> Completion {
             None,
         ),
     };
-    if retryable && job.attempts < job.max_attempts {
+    if retryable && job.has_attempts_left() {
         let delay = retry.delay(job.attempts, requested);
         Completion {
             next_state: JobState::Retrying,
@@ -147,7 +147,7 @@ fn classify(job: &Job, ended: Ended, retry: &RetryPolicy) -> Completion {
         }
     } else {
         let error = if retryable {
-            format!("{error} (gave up after {} attempts)", job.attempts)
+            format!("{error} (gave up after {} attempts)", job.attempts - job.attempts_base)
         } else {
             error
         };

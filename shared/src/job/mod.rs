@@ -126,6 +126,9 @@ pub struct Job {
     pub payload: serde_json::Value,
     pub priority: i16,
     pub attempts: i32,
+    /// Attempts made before the latest manual retry (which grants a fresh budget).
+    #[serde(skip)]
+    pub attempts_base: i32,
     pub max_attempts: i32,
     pub timeout_secs: i32,
     pub run_at: DateTime<Utc>,
@@ -193,6 +196,11 @@ pub fn valid_queue_name(name: &str) -> bool {
 }
 
 impl Job {
+    /// Whether another attempt is allowed after the current one fails.
+    pub fn has_attempts_left(&self) -> bool {
+        self.attempts - self.attempts_base < self.max_attempts
+    }
+
     /// One job of a tenant, with its attempts log.
     pub async fn get(pool: &PgPool, tenant: &str, id: JobId) -> sqlx::Result<Option<Job>> {
         let job: Option<Job> = sqlx::query_as("SELECT * FROM jobs WHERE tenant = $1 AND id = $2")
