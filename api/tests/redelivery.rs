@@ -1,5 +1,6 @@
 //! A worker that receives a message for a job that is already finished skips it: the job does
-//! not run again. A message it cannot decode is rejected rather than redelivered forever.
+//! not run again. A message it cannot decode, or that names no job, goes to the dead-letter
+//! queue rather than being redelivered forever.
 //! (Its own test binary, so the worker's process-wide counters move only because of it.)
 
 mod support;
@@ -59,8 +60,28 @@ async fn publish(app: &TestApp, body: Vec<u8>) {
     conn.close(200, "done".into()).await.unwrap();
 }
 
+async fn message_count(queue: &str) -> u32 {
+    let conn = lapin::Connection::connect(&amqp_url(), Default::default())
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    conn.close(200, "done".into()).await.unwrap();
+    declared.message_count()
+}
+
 #[tokio::test]
-async fn deliveries_for_finished_jobs_are_skipped_and_garbage_is_rejected() {
+async fn deliveries_for_finished_jobs_are_skipped_and_poison_is_dead_lettered() {
     let app = TestApp::spawn().await;
     let id = app.enqueue(noop(json!({}))).await;
     let done = app
@@ -94,55 +115,39 @@ async fn deliveries_for_finished_jobs_are_skipped_and_garbage_is_rejected() {
         "the finished job was not touched"
     );
 
-    // A message for a job that does not exist is skipped the same way.
+    // A message naming no job, and a message that is not even JSON, are poison: rejected to
+    // the dead-letter queue, counted, and the worker keeps working.
+    let poison_before = worker_metric(&app, "conveyor_poison_messages_total").await;
     let ghost = JobMessage {
         id: conveyor_shared::JobId::new(),
         kind: "noop".into(),
     };
     publish(&app, serde_json::to_vec(&ghost).unwrap()).await;
-    let ghost_skipped = eventually(Duration::from_secs(5), || async {
-        let now = worker_metric(&app, "conveyor_deliveries_skipped_total").await;
-        (now >= skipped_before + 3.0).then_some(())
-    })
-    .await;
-    assert!(
-        ghost_skipped.is_some(),
-        "a message for an unknown job should be skipped"
-    );
-
-    // Garbage is rejected, counted, and the worker keeps working.
-    let poison_before = worker_metric(&app, "conveyor_poison_messages_total").await;
     publish(&app, b"not json at all".to_vec()).await;
     let rejected = eventually(Duration::from_secs(5), || async {
         let now = worker_metric(&app, "conveyor_poison_messages_total").await;
-        (now >= poison_before + 1.0).then_some(())
+        (now >= poison_before + 2.0).then_some(())
     })
     .await;
-    assert!(
-        rejected.is_some(),
-        "the undecodable message should be counted as poison"
+    assert!(rejected.is_some(), "both poison messages should be counted");
+    let dead_letters = eventually(Duration::from_secs(5), || async {
+        let n = message_count(&broker::dead_letter_queue_name(&app.broker)).await;
+        (n == 2).then_some(n)
+    })
+    .await;
+    assert_eq!(
+        dead_letters,
+        Some(2),
+        "both poison messages should be in the dead-letter queue"
     );
     let next = app.enqueue(noop(json!({}))).await;
     app.wait_for_state(&next, "succeeded", Duration::from_secs(5))
         .await;
 
-    // Nothing is left in the queue: every message was acked or rejected.
-    let conn = lapin::Connection::connect(&amqp_url(), Default::default())
-        .await
-        .unwrap();
-    let channel = conn.create_channel().await.unwrap();
-    let queue = channel
-        .queue_declare(
-            broker::queue_name(&app.broker, "default").into(),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            Default::default(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(queue.message_count(), 0);
-    conn.close(200, "done".into()).await.unwrap();
+    // Nothing is left in the work queue: every message was acked or dead-lettered.
+    assert_eq!(
+        message_count(&broker::queue_name(&app.broker, "default")).await,
+        0
+    );
     app.stop().await;
 }

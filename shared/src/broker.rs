@@ -40,7 +40,14 @@ pub async fn connect(config: &BrokerConfig, role: &str) -> lapin::Result<Connect
     Connection::connect(config.url.expose_secret(), props).await
 }
 
-/// Declares the durable queues for `queues` (idempotent).
+/// The queue that collects messages no worker can process (undecodable, or naming an unknown
+/// job), for an operator to inspect: `<prefix>.dead-letter`.
+pub fn dead_letter_queue_name(config: &BrokerConfig) -> String {
+    queue_name(config, "dead-letter")
+}
+
+/// Declares the dead-letter queue and the durable work queues for `queues` (idempotent).
+/// A message a worker rejects without requeue goes to the dead-letter queue.
 pub async fn declare_queues(
     channel: &Channel,
     config: &BrokerConfig,
@@ -51,16 +58,24 @@ pub async fn declare_queues(
         "x-queue-type".into(),
         AMQPValue::LongString(config.queue_type.clone().into()),
     );
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(dead_letter_queue_name(config).into(), durable, args.clone())
+        .await?;
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("".into()),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(dead_letter_queue_name(config).into()),
+    );
     for queue in queues {
         channel
-            .queue_declare(
-                queue_name(config, queue).into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                args.clone(),
-            )
+            .queue_declare(queue_name(config, queue).into(), durable, args.clone())
             .await?;
     }
     Ok(())

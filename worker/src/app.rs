@@ -5,7 +5,7 @@ use std::sync::Arc;
 use conveyor_shared::{db, health::Health, probe};
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::Config, consumer::Consumer, handlers::Registry};
+use crate::{config::Config, consumer::Consumer, handlers::Registry, lease};
 
 /// Runs a worker until `shutdown` is cancelled and its in-flight jobs are done.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -24,6 +24,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 .await
         }
     });
+    // Leases are renewed until the consumer has drained its in-flight jobs, not just until
+    // the shutdown signal: jobs finishing during the grace period still hold their claims.
+    let renew_stop = CancellationToken::new();
+    let renew = tokio::spawn(lease::renew_loop(
+        pool.clone(),
+        config.worker_id.clone(),
+        config.lease,
+        renew_stop.clone(),
+    ));
+    let reaper = tokio::spawn(lease::reaper_loop(
+        pool.clone(),
+        config.reaper_interval,
+        shutdown.clone(),
+    ));
     let consumer = Consumer {
         pool,
         config: Arc::new(config),
@@ -31,6 +45,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         health,
     };
     consumer.run(shutdown).await;
+    renew_stop.cancel();
+    let _ = tokio::join!(renew, reaper);
     probe_shutdown.cancel();
     let _ = probe.await;
     Ok(())

@@ -23,6 +23,10 @@ pub struct Config {
     pub retry: RetryPolicy,
     /// How long in-flight jobs may take to finish after SIGTERM.
     pub shutdown_grace: Duration,
+    /// How long a claim holds without renewal; a dead worker's jobs come back after this.
+    pub lease: Duration,
+    /// How often expired leases are swept.
+    pub reaper_interval: Duration,
 }
 
 impl Config {
@@ -50,6 +54,8 @@ impl Config {
                 "CONVEYOR_SHUTDOWN_GRACE_SECS",
                 30,
             )?),
+            lease: Duration::from_secs(config::parse_or("CONVEYOR_LEASE_SECS", 30)?.max(1)),
+            reaper_interval: config::millis_or("CONVEYOR_REAPER_INTERVAL_MS", 5_000)?,
         })
     }
 }

@@ -7,9 +7,14 @@
 //! while jobs already running carry on; on shutdown it stops consuming, lets in-flight jobs
 //! finish within the grace period, and leaves everything else to redelivery.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use conveyor_shared::{
+    Job,
     broker::{self, Backoff, JobMessage},
     health::Health,
     job::lifecycle,
@@ -34,9 +39,6 @@ use crate::{
     handlers::Registry,
     runner,
 };
-
-/// Seconds a lease outlives the job's timeout before a reaper may take the job back.
-const LEASE_SLACK_SECS: i32 = 30;
 
 #[derive(Debug, thiserror::Error)]
 enum ConsumeError {
@@ -239,8 +241,9 @@ impl Consumer {
                 Ok(msg) => decoded.push((msg, delivery, permit)),
                 Err(e) => {
                     // Redelivering a message we cannot read would loop forever.
-                    tracing::error!(error = %e, routing_key = %delivery.routing_key, "undecodable message; rejecting");
-                    metrics::counter!("conveyor_poison_messages_total").increment(1);
+                    tracing::error!(error = %e, routing_key = %delivery.routing_key, "undecodable message; dead-lettering");
+                    metrics::counter!("conveyor_poison_messages_total", "reason" => "undecodable")
+                        .increment(1);
                     let _ = delivery
                         .acker
                         .reject(BasicRejectOptions { requeue: false })
@@ -256,7 +259,7 @@ impl Consumer {
             &self.pool,
             &ids,
             &self.config.worker_id,
-            LEASE_SLACK_SECS,
+            self.config.lease.as_secs_f64(),
         )
         .await
         {
@@ -278,9 +281,33 @@ impl Consumer {
             }
         };
         let mut claimed: HashMap<_, _> = claimed.into_iter().map(|j| (j.id, j)).collect();
+        let unclaimed: Vec<_> = ids
+            .iter()
+            .filter(|id| !claimed.contains_key(id))
+            .copied()
+            .collect();
+        let unknown = if unclaimed.is_empty() {
+            HashSet::new()
+        } else {
+            match Job::missing(&self.pool, &unclaimed).await {
+                Ok(missing) => missing.into_iter().collect(),
+                // Cannot tell: treat as known, so nothing is dead-lettered by mistake.
+                Err(_) => HashSet::new(),
+            }
+        };
         for (msg, delivery, permit) in decoded {
             let Some(job) = claimed.remove(&msg.id) else {
-                // Already running, finished, cancelled or unknown: a redelivery, safe to drop.
+                if unknown.contains(&msg.id) {
+                    tracing::error!(job_id = %msg.id, kind = %msg.kind, "message names no known job; dead-lettering");
+                    metrics::counter!("conveyor_poison_messages_total", "reason" => "unknown_job")
+                        .increment(1);
+                    let _ = delivery
+                        .acker
+                        .reject(BasicRejectOptions { requeue: false })
+                        .await;
+                    continue;
+                }
+                // Already running, finished or cancelled: a redelivery, safe to drop.
                 tracing::debug!(job_id = %msg.id, redelivered = delivery.redelivered, "job not queued; skipping delivery");
                 metrics::counter!("conveyor_deliveries_skipped_total").increment(1);
                 completer::ack(&delivery.acker, msg.id).await;

@@ -21,6 +21,8 @@ pub mod config;
 pub mod consumer;
 /// Handlers by job kind, and the `noop` handler.
 pub mod handlers;
+/// Lease renewal for running jobs and the reaper for jobs whose worker died.
+pub mod lease;
 /// Retry delays: exponential backoff with full jitter.
 pub mod retry;
 /// Runs one claimed job: timeout, panic capture, outcome classification.

@@ -147,7 +147,10 @@ fn classify(job: &Job, ended: Ended, retry: &RetryPolicy) -> Completion {
         }
     } else {
         let error = if retryable {
-            format!("{error} (gave up after {} attempts)", job.attempts - job.attempts_base)
+            format!(
+                "{error} (gave up after {} attempts)",
+                job.attempts - job.attempts_base
+            )
         } else {
             error
         };

@@ -129,6 +129,8 @@ impl TestApp {
                     max: Duration::from_millis(200),
                 },
                 shutdown_grace: Duration::from_secs(5),
+                lease: Duration::from_secs(2),
+                reaper_interval: Duration::from_millis(200),
             };
             worker_addr = Some(wconfig.addr);
             let shutdown = shutdown.clone();
@@ -252,7 +254,7 @@ impl TestApp {
         if let Ok(conn) = lapin::Connection::connect(&amqp_url(), Default::default()).await
             && let Ok(channel) = conn.create_channel().await
         {
-            for q in ["default", "transactions", "integrations"] {
+            for q in ["default", "transactions", "integrations", "dead-letter"] {
                 let name = conveyor_shared::broker::queue_name(&self.broker, q);
                 let _ = channel.queue_delete(name.into(), Default::default()).await;
             }

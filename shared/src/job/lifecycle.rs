@@ -47,19 +47,19 @@ pub struct Completion {
 }
 
 /// Claims the still-`queued` jobs among `ids` for `worker`, opening an attempt for each.
-/// The lease runs for the job's timeout plus `lease_slack_secs`.
+/// The lease runs for `lease_secs`; the worker renews it while the job runs (see [`super::lease`]).
 pub async fn claim_batch(
     pool: &PgPool,
     ids: &[JobId],
     worker: &str,
-    lease_slack_secs: i32,
+    lease_secs: f64,
 ) -> sqlx::Result<Vec<Job>> {
     sqlx::query_as(
         "WITH claimed AS (
              UPDATE jobs
              SET state = 'running', attempts = attempts + 1, started_at = now(),
                  updated_at = now(), worker = $2,
-                 lease_expires_at = now() + make_interval(secs => timeout_secs + $3)
+                 lease_expires_at = now() + make_interval(secs => $3)
              WHERE id = ANY($1) AND state = 'queued'
              RETURNING *
          ), opened AS (
@@ -70,7 +70,7 @@ pub async fn claim_batch(
     )
     .bind(ids)
     .bind(worker)
-    .bind(lease_slack_secs)
+    .bind(lease_secs)
     .fetch_all(pool)
     .await
 }

@@ -4,6 +4,7 @@
 //! relays, workers and the API are decided by Postgres, not by code that reads then writes.
 //! Claims and completions live in [`lifecycle`].
 
+pub mod lease;
 pub mod lifecycle;
 
 use std::fmt;
@@ -227,6 +228,17 @@ impl Job {
                 .await?;
         jobs.sort_by_key(|j| ids.iter().position(|id| *id == j.id));
         Ok(jobs)
+    }
+
+    /// The ids among `ids` that name no job at all.
+    pub async fn missing(pool: &PgPool, ids: &[JobId]) -> sqlx::Result<Vec<JobId>> {
+        sqlx::query_scalar(
+            "SELECT id FROM unnest($1::uuid[]) AS t(id)
+             WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.id = t.id)",
+        )
+        .bind(ids)
+        .fetch_all(pool)
+        .await
     }
 
     /// A page of a tenant's jobs, newest first. Keyset pagination on the time-ordered id.

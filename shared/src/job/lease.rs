@@ -1,0 +1,75 @@
+//! Leases: how a job that was running on a worker that died gets back on the retry path.
+//!
+//! A claim gives the job a short lease; the worker renews the leases of everything it runs
+//! ([`renew`]) every third of the lease. A worker that crashes, hangs or loses its network stops
+//! renewing, and any worker's reaper ([`reap_expired`]) takes the job back: the attempt is
+//! recorded as `lost`, and the job goes to `retrying` (due at once) or, out of attempts, `dead`.
+//! A late completion from the lost attempt is ignored: completions only apply to the attempt
+//! that is still running.
+
+use sqlx::PgPool;
+
+use super::{JobId, JobState};
+
+/// Extends the leases of the jobs `worker` is running; returns how many.
+pub async fn renew(pool: &PgPool, worker: &str, lease_secs: f64) -> sqlx::Result<u64> {
+    Ok(sqlx::query(
+        "UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $2)
+         WHERE worker = $1 AND state = 'running'",
+    )
+    .bind(worker)
+    .bind(lease_secs)
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
+
+/// A job taken back from a worker that stopped renewing its lease.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Reaped {
+    pub id: JobId,
+    pub queue: String,
+    pub kind: String,
+    pub attempt: i32,
+    /// The worker that lost it.
+    pub worker: Option<String>,
+    /// `Retrying` or `Dead`.
+    pub state: JobState,
+}
+
+/// Takes back up to `limit` running jobs whose lease expired. Safe to run in every worker at
+/// once: rows are locked with `SKIP LOCKED` and the update re-checks the state.
+pub async fn reap_expired(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<Reaped>> {
+    sqlx::query_as(
+        "WITH expired AS (
+             SELECT id, worker FROM jobs
+             WHERE state = 'running' AND lease_expires_at < now()
+             ORDER BY lease_expires_at
+             LIMIT $1
+             FOR UPDATE SKIP LOCKED
+         ), lost AS (
+             UPDATE jobs j
+             SET state = CASE WHEN j.attempts - j.attempts_base >= j.max_attempts
+                              THEN 'dead'::job_state ELSE 'retrying'::job_state END,
+                 finished_at = CASE WHEN j.attempts - j.attempts_base >= j.max_attempts
+                                    THEN now() END,
+                 last_error = 'lease expired: worker ' || coalesce(j.worker, '?')
+                              || ' stopped renewing it (crashed, hung or cut off)',
+                 run_at = now(), published_at = NULL, worker = NULL, lease_expires_at = NULL,
+                 updated_at = now()
+             FROM expired
+             WHERE j.id = expired.id AND j.state = 'running'
+             RETURNING j.id, j.queue, j.kind, j.attempts AS attempt, expired.worker, j.state,
+                       j.last_error
+         ), log AS (
+             UPDATE job_attempts a
+             SET finished_at = now(), outcome = 'lost', error = lost.last_error
+             FROM lost
+             WHERE a.job_id = lost.id AND a.attempt = lost.attempt AND a.finished_at IS NULL
+         )
+         SELECT id, queue, kind, attempt, worker, state FROM lost",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
