@@ -7,7 +7,9 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use conveyor_shared::{
+    JobState,
     enqueue::{EnqueueError, FieldError},
+    job::control::TransitionError,
     keys::Scope,
 };
 use serde::Serialize;
@@ -33,6 +35,10 @@ pub enum ApiError {
     NotFound(&'static str),
     #[error("this Idempotency-Key was already used with a different request body")]
     IdempotencyConflict,
+    #[error("{}", not_cancellable(*.0))]
+    NotCancellable(JobState),
+    #[error("the job is {0}; only dead or cancelled jobs can be retried")]
+    NotRetryable(JobState),
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
 }
@@ -83,6 +89,16 @@ impl ApiError {
                 "idempotency_conflict",
                 "Idempotency key reused",
             ),
+            NotCancellable(_) => (
+                StatusCode::CONFLICT,
+                "job_not_cancellable",
+                "Job not cancellable",
+            ),
+            NotRetryable(_) => (
+                StatusCode::CONFLICT,
+                "job_not_retryable",
+                "Job not retryable",
+            ),
             Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal_error",
@@ -109,6 +125,29 @@ impl From<EnqueueError> for ApiError {
             EnqueueError::IdempotencyConflict => Self::IdempotencyConflict,
             EnqueueError::Database(e) => e.into(),
         }
+    }
+}
+
+impl From<TransitionError> for ApiError {
+    fn from(e: TransitionError) -> Self {
+        match e {
+            TransitionError::NotFound => Self::NotFound("job"),
+            TransitionError::NotCancellable(state) => Self::NotCancellable(state),
+            TransitionError::NotRetryable(state) => Self::NotRetryable(state),
+            TransitionError::Database(e) => e.into(),
+        }
+    }
+}
+
+/// The detail of a refused cancel: a running job is named as such, since that is the case a
+/// caller may expect to work.
+fn not_cancellable(state: JobState) -> String {
+    let waiting = "only waiting jobs (scheduled, queued or retrying) can be cancelled";
+    match state {
+        JobState::Running => {
+            format!("the job is running and cannot be interrupted; {waiting}")
+        }
+        other => format!("the job is already {other}; {waiting}"),
     }
 }
 

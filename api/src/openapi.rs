@@ -10,7 +10,14 @@ use crate::{error::Problem, routes::jobs};
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Conveyor API", description = "Submit, inspect and steer background jobs."),
-    paths(jobs::create, jobs::create_batch, jobs::get, jobs::list),
+    paths(
+        jobs::create,
+        jobs::create_batch,
+        jobs::get,
+        jobs::list,
+        jobs::cancel,
+        jobs::retry
+    ),
     components(schemas(
         conveyor_shared::Job,
         conveyor_shared::JobState,
@@ -22,7 +29,7 @@ use crate::{error::Problem, routes::jobs};
         Problem,
     )),
     modifiers(&BearerAuth),
-    tags((name = "jobs", description = "Enqueue and inspect jobs"))
+    tags((name = "jobs", description = "Enqueue, inspect, cancel and retry jobs"))
 )]
 pub struct ApiDoc;
 

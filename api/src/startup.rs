@@ -109,6 +109,8 @@ pub fn router(state: AppState, health: Health) -> Router {
         )
         .route("/v1/jobs/batch", post(routes::jobs::create_batch))
         .route("/v1/jobs/{id}", get(routes::jobs::get))
+        .route("/v1/jobs/{id}/cancel", post(routes::jobs::cancel))
+        .route("/v1/jobs/{id}/retry", post(routes::jobs::retry))
         .route("/openapi.json", get(routes::meta::openapi))
         .with_state(state);
     api.merge(probe::router(health))

@@ -197,6 +197,8 @@ async fn the_openapi_document_describes_the_job_routes() {
         ("/v1/jobs", "get"),
         ("/v1/jobs/batch", "post"),
         ("/v1/jobs/{id}", "get"),
+        ("/v1/jobs/{id}/cancel", "post"),
+        ("/v1/jobs/{id}/retry", "post"),
     ] {
         let operation = &paths[path][method];
         assert!(

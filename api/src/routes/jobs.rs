@@ -1,4 +1,4 @@
-//! `/v1/jobs`: enqueue (one or a batch), read one, list.
+//! `/v1/jobs`: enqueue (one or a batch), read one, list, cancel, retry.
 //!
 //! Every query is scoped to the caller's tenant in SQL: another tenant's job is a 404, not a 403.
 
@@ -12,7 +12,7 @@ use chrono::Utc;
 use conveyor_shared::{
     Job, JobId, JobState,
     enqueue::{self, BatchRequest, EnqueueRequest, Enqueued, FieldError, IdempotencyKey},
-    job::JobFilter,
+    job::{JobFilter, control},
     keys::Scope,
 };
 use serde::{Deserialize, Serialize};
@@ -150,11 +150,63 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<Job>, ApiError> {
     let principal = caller.require(Scope::JobsRead)?;
-    let id: JobId = id.parse().map_err(|_| ApiError::NotFound("job"))?;
-    Job::get(&state.pool, &principal.tenant, id)
+    Job::get(&state.pool, &principal.tenant, job_id(&id)?)
         .await?
         .map(Json)
         .ok_or(ApiError::NotFound("job"))
+}
+
+/// Cancel a waiting job (scheduled, queued or retrying); it will never run. A message already
+/// in RabbitMQ for it is skipped by the worker.
+#[utoipa::path(
+    post, path = "/v1/jobs/{id}/cancel", tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "Cancelled: the job, in state `cancelled`", body = Job),
+        (status = 401, description = "Missing or bad token", body = Problem),
+        (status = 403, description = "Missing scope jobs:write", body = Problem),
+        (status = 404, description = "No such job for this tenant", body = Problem),
+        (status = 409, description = "`job_not_cancellable`: the job is running (it cannot be interrupted) or finished", body = Problem),
+    ),
+    security(("bearer" = ["jobs:write"]))
+)]
+pub async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Job>, ApiError> {
+    let principal = caller.require(Scope::JobsWrite)?;
+    let job = control::cancel(&state.pool, &principal.tenant, job_id(&id)?).await?;
+    Ok(Json(job))
+}
+
+/// Run a dead or cancelled job again, at once, with a fresh attempt budget (`max_attempts`
+/// more attempts; attempt numbers keep counting).
+#[utoipa::path(
+    post, path = "/v1/jobs/{id}/retry", tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "Retried: the job, in state `queued`", body = Job),
+        (status = 401, description = "Missing or bad token", body = Problem),
+        (status = 403, description = "Missing scope jobs:write", body = Problem),
+        (status = 404, description = "No such job for this tenant", body = Problem),
+        (status = 409, description = "`job_not_retryable`: the job is neither dead nor cancelled", body = Problem),
+    ),
+    security(("bearer" = ["jobs:write"]))
+)]
+pub async fn retry(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Job>, ApiError> {
+    let principal = caller.require(Scope::JobsWrite)?;
+    let job = control::retry(&state.pool, &principal.tenant, job_id(&id)?).await?;
+    Ok(Json(job))
+}
+
+/// A job id from the path; one that is not a UUID names no job, so it is a 404 like any other.
+fn job_id(raw: &str) -> Result<JobId, ApiError> {
+    raw.parse().map_err(|_| ApiError::NotFound("job"))
 }
 
 /// Filters and page of `GET /v1/jobs`.

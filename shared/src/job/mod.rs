@@ -2,8 +2,9 @@
 //!
 //! Every state change is one SQL statement guarded by `WHERE state = ...`, so races between
 //! relays, workers and the API are decided by Postgres, not by code that reads then writes.
-//! Claims and completions live in [`lifecycle`].
+//! Claims and completions live in [`lifecycle`]; cancel and retry by hand in [`control`].
 
+pub mod control;
 pub mod lease;
 pub mod lifecycle;
 

@@ -1,0 +1,119 @@
+//! Steering a job by hand: cancel one that is waiting, retry one that is dead or cancelled.
+//!
+//! Each change is one guarded UPDATE (`WHERE state IN (...) AND tenant = $1 AND id = $2`), so a
+//! race with a relay, a worker or another request is decided by Postgres: a worker's claim only
+//! takes `queued` rows, so a cancelled job's message still in RabbitMQ is skipped, and of two
+//! concurrent cancels exactly one wins. Only when the UPDATE matches nothing is the row read
+//! again, to tell "no such job" (404) from "not in a state this applies to" (409).
+
+use sqlx::PgPool;
+
+use super::{Job, JobId, JobState};
+use crate::relay::OUTBOX_CHANNEL;
+
+/// The states a job can be cancelled from: waiting, with no attempt running.
+pub const CANCELLABLE: [JobState; 3] = [JobState::Scheduled, JobState::Queued, JobState::Retrying];
+
+/// The states a job can be retried from.
+pub const RETRYABLE: [JobState; 2] = [JobState::Dead, JobState::Cancelled];
+
+/// How many times a refused transition is tried again when the job moved into a state it
+/// applies to between the UPDATE and the read that explains the refusal (say a running job
+/// failed and became `retrying` while we were cancelling it). Three misses in a row would take
+/// three such moves timed exactly between two statements.
+const RACE_TRIES: usize = 3;
+
+/// Why a job was not cancelled or retried.
+#[derive(Debug, thiserror::Error)]
+pub enum TransitionError {
+    /// No job with this id belongs to the tenant.
+    #[error("job not found")]
+    NotFound,
+    #[error("a {0} job cannot be cancelled")]
+    NotCancellable(JobState),
+    #[error("a {0} job cannot be retried")]
+    NotRetryable(JobState),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Cancels a waiting (`scheduled`, `queued` or `retrying`) job. A waiting job has no open
+/// attempt, so the attempts log is left as it is.
+#[tracing::instrument(name = "job.cancel", skip(pool), fields(job_id = %id))]
+pub async fn cancel(pool: &PgPool, tenant: &str, id: JobId) -> Result<Job, TransitionError> {
+    let mut tries = 0;
+    loop {
+        let cancelled: Option<Job> = sqlx::query_as(
+            "UPDATE jobs
+             SET state = 'cancelled', finished_at = now(), updated_at = now()
+             WHERE state IN ('scheduled', 'queued', 'retrying') AND tenant = $1 AND id = $2
+             RETURNING *",
+        )
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+        if let Some(job) = cancelled {
+            tracing::info!(queue = %job.queue, "job cancelled");
+            metrics::counter!("conveyor_jobs_cancelled_total", "queue" => job.queue.clone())
+                .increment(1);
+            return Ok(job);
+        }
+        tries += 1;
+        match current_state(pool, tenant, id).await? {
+            None => return Err(TransitionError::NotFound),
+            Some(state) if CANCELLABLE.contains(&state) && tries < RACE_TRIES => continue,
+            Some(state) => return Err(TransitionError::NotCancellable(state)),
+        }
+    }
+}
+
+/// Runs a `dead` or `cancelled` job again with a fresh attempt budget: attempts keep counting
+/// (so attempt numbers stay unique in the log) but only those after `attempts_base` count
+/// against `max_attempts`. The job is due at once and the relay is woken in the same
+/// transaction; `last_error` is kept as history until the next attempt overwrites it.
+#[tracing::instrument(name = "job.retry", skip(pool), fields(job_id = %id))]
+pub async fn retry(pool: &PgPool, tenant: &str, id: JobId) -> Result<Job, TransitionError> {
+    let mut tries = 0;
+    loop {
+        let mut tx = pool.begin().await?;
+        let retried: Option<Job> = sqlx::query_as(
+            "UPDATE jobs
+             SET state = 'queued', attempts_base = attempts, run_at = now(),
+                 published_at = NULL, finished_at = NULL, result = NULL, updated_at = now()
+             WHERE state IN ('dead', 'cancelled') AND tenant = $1 AND id = $2
+             RETURNING *",
+        )
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(job) = retried {
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(OUTBOX_CHANNEL)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            tracing::info!(queue = %job.queue, attempts = job.attempts, "job retried");
+            metrics::counter!("conveyor_jobs_retried_total", "queue" => job.queue.clone())
+                .increment(1);
+            return Ok(job);
+        }
+        tx.rollback().await?;
+        tries += 1;
+        match current_state(pool, tenant, id).await? {
+            None => return Err(TransitionError::NotFound),
+            Some(state) if RETRYABLE.contains(&state) && tries < RACE_TRIES => continue,
+            Some(state) => return Err(TransitionError::NotRetryable(state)),
+        }
+    }
+}
+
+/// The job's state, if the tenant has such a job.
+async fn current_state(pool: &PgPool, tenant: &str, id: JobId) -> sqlx::Result<Option<JobState>> {
+    sqlx::query_scalar("SELECT state FROM jobs WHERE tenant = $1 AND id = $2")
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+}
