@@ -67,6 +67,9 @@ impl Consumer {
     pub async fn run(self, shutdown: CancellationToken) {
         let this = Arc::new(self);
         let tracker = TaskTracker::new();
+        // Cancelled when the grace period is over: jobs still running are abandoned to lease
+        // expiry and redelivery instead of holding the process open.
+        let abandon = CancellationToken::new();
         let (done_tx, done_rx) = mpsc::channel::<Finished>(this.config.concurrency * 2);
         let completer = tokio::spawn(completer::run(this.pool.clone(), done_rx));
         let permits = Arc::new(Semaphore::new(this.config.concurrency));
@@ -93,7 +96,7 @@ impl Consumer {
             tracing::info!(queues = ?this.config.queues, prefetch = this.config.prefetch,
                 concurrency = this.config.concurrency, "worker consuming");
             match this
-                .consume(&mut session, &shutdown, &tracker, &permits, &done_tx)
+                .consume(&mut session, &shutdown, &tracker, &abandon, &permits, &done_tx)
                 .await
             {
                 Ok(()) => {
@@ -133,6 +136,7 @@ impl Consumer {
                 abandoned = tracker.len(),
                 "grace period over; unfinished jobs are left to redelivery"
             );
+            abandon.cancel();
         }
         drop(done_tx);
         if tokio::time::timeout(Duration::from_secs(10), completer)
@@ -187,6 +191,7 @@ impl Consumer {
         session: &mut Session,
         shutdown: &CancellationToken,
         tracker: &TaskTracker,
+        abandon: &CancellationToken,
         permits: &Arc<Semaphore>,
         done: &mpsc::Sender<Finished>,
     ) -> Result<(), ConsumeError> {
@@ -221,7 +226,7 @@ impl Consumer {
                     None => break,
                 }
             }
-            self.dispatch(window, tracker, done).await;
+            self.dispatch(window, tracker, abandon, done).await;
             if let Some(e) = failure {
                 return Err(e);
             }
@@ -233,6 +238,7 @@ impl Consumer {
         self: &Arc<Self>,
         window: Vec<(Delivery, OwnedSemaphorePermit)>,
         tracker: &TaskTracker,
+        abandon: &CancellationToken,
         done: &mpsc::Sender<Finished>,
     ) {
         let mut decoded = Vec::with_capacity(window.len());
@@ -315,14 +321,15 @@ impl Consumer {
             };
             let this = Arc::clone(self);
             let done = done.clone();
+            let abandon = abandon.clone();
             tracker.spawn(async move {
-                let completion = runner::run_job(&this.registry, &job, &this.config.retry).await;
-                let _ = done
-                    .send(Finished {
-                        completion,
-                        acker: delivery.acker,
-                    })
-                    .await;
+                tokio::select! {
+                    completion = runner::run_job(&this.registry, &job, &this.config.retry) => {
+                        let _ = done.send(Finished { completion, acker: delivery.acker }).await;
+                    }
+                    // Shutdown grace is over: the claim's lease runs out and the job runs again.
+                    _ = abandon.cancelled() => {}
+                }
                 drop(permit);
             });
         }
