@@ -236,3 +236,41 @@ async fn listing_paginates_by_cursor_and_filters() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_permanent_failure_is_dead_after_one_attempt() {
+    let app = TestApp::spawn().await;
+    let id = app.enqueue(noop(json!({"fail_permanently": true}))).await;
+    let dead = app
+        .wait_for_state(&id, "dead", Duration::from_secs(5))
+        .await;
+    assert_eq!(dead["attempts"], 1, "a permanent error must not be retried");
+    assert_eq!(dead["last_error"], "noop failing permanently as asked");
+    assert_eq!(dead["attempts_log"][0]["outcome"], "failed");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_handlers_requested_retry_delay_is_honoured() {
+    // Test backoff is at most 20 ms for a first retry; the handler asks for 150 ms.
+    let app = TestApp::spawn().await;
+    let id = app
+        .enqueue(noop(json!({"fail_times": 1, "retry_after_ms": 150})))
+        .await;
+    let done = app
+        .wait_for_state(&id, "succeeded", Duration::from_secs(5))
+        .await;
+    let log = done["attempts_log"].as_array().unwrap();
+    let at = |v: &Value| {
+        v.as_str()
+            .unwrap()
+            .parse::<chrono::DateTime<chrono::Utc>>()
+            .unwrap()
+    };
+    let gap = at(&log[1]["started_at"]) - at(&log[0]["finished_at"]);
+    assert!(
+        gap >= chrono::Duration::milliseconds(140),
+        "second attempt came after only {gap}"
+    );
+    app.stop().await;
+}

@@ -104,6 +104,12 @@ pub struct NoopPayload {
     /// Panic inside the handler.
     #[serde(default)]
     pub panic: Option<bool>,
+    /// Fail with a permanent error (the job goes straight to `dead`).
+    #[serde(default)]
+    pub fail_permanently: Option<bool>,
+    /// With `fail_times`: ask for this delay before the next attempt, as a `Retry-After` would.
+    #[serde(default)]
+    pub retry_after_ms: Option<u64>,
 }
 
 impl NoopPayload {
@@ -135,7 +141,7 @@ mod tests {
             JobKind::Noop(NoopPayload {
                 sleep_ms: Some(5),
                 fail_times: Some(2),
-                panic: None
+                ..Default::default()
             })
         );
     }

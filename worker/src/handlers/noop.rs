@@ -21,12 +21,18 @@ impl Handler for Noop {
             if payload.panic == Some(true) {
                 panic!("noop panicked as asked (attempt {})", job.attempt);
             }
+            if payload.fail_permanently == Some(true) {
+                return Err(HandlerError::Permanent("noop failing permanently as asked".into()));
+            }
             let fail_times = payload.fail_times.unwrap_or(0) as i32;
             if job.attempt <= fail_times {
-                return Err(HandlerError::retryable(format!(
-                    "noop failing as asked (attempt {} of {fail_times} failures)",
-                    job.attempt
-                )));
+                return Err(HandlerError::Retryable {
+                    message: format!(
+                        "noop failing as asked (attempt {} of {fail_times} failures)",
+                        job.attempt
+                    ),
+                    retry_after: payload.retry_after_ms.map(Duration::from_millis),
+                });
             }
             Ok(json!({"ok": true, "attempt": job.attempt}))
         }
