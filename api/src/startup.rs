@@ -14,7 +14,7 @@ use conveyor_shared::{db, enqueue, health::Health, keys::ApiKey, probe, relay::R
 use secrecy::ExposeSecret;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 use crate::{config::Config, routes};
 
@@ -115,7 +115,12 @@ pub fn router(state: AppState, health: Health) -> Router {
         .with_state(state);
     api.merge(probe::router(health))
         .layer(middleware::from_fn(http_metrics))
-        .layer(TraceLayer::new_for_http())
+        // 5xx answers (a 503 from /readyz during an outage included) are logged at WARN: the
+        // cause is logged where it happens, at the level it deserves.
+        .layer(
+            TraceLayer::new_for_http()
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::WARN)),
+        )
 }
 
 /// Request count and latency by route template (never by raw path: ids would explode the labels).

@@ -36,10 +36,18 @@ async fn worker_process() {
 
 struct Worker {
     name: String,
+    /// Its probe server, for /readyz.
+    addr: String,
     child: Child,
 }
 
 fn start_worker(app: &TestApp, name: &str) -> Worker {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
     let child = Command::new(std::env::current_exe().unwrap())
         .args(["--ignored", "--exact", "worker_process", "--nocapture"])
         .env(
@@ -49,20 +57,24 @@ fn start_worker(app: &TestApp, name: &str) -> Worker {
         .env("AMQP_URL", support::amqp_url())
         .env("CONVEYOR_QUEUE_PREFIX", &app.broker.queue_prefix)
         .env("CONVEYOR_WORKER_ID", name)
-        .env("CONVEYOR_WORKER_ADDR", "127.0.0.1:0")
+        .env("CONVEYOR_WORKER_ADDR", &addr)
         .env("CONVEYOR_WORKER_CONCURRENCY", "16")
         .env("CONVEYOR_LEASE_SECS", "2")
         .env("CONVEYOR_REAPER_INTERVAL_MS", "500")
         .env("CONVEYOR_RETRY_BASE_MS", "50")
         .env("CONVEYOR_RETRY_MAX_MS", "1000")
         .env("CONVEYOR_RECONNECT_MAX_MS", "1000")
-        .env("RUST_LOG", "error,conveyor_worker::lease=warn,conveyor_worker::consumer=warn")
+        .env(
+            "RUST_LOG",
+            "error,conveyor_worker::lease=warn,conveyor_worker::consumer=warn",
+        )
         .env("CONVEYOR_LOG_FORMAT", "pretty")
         .stdout(Stdio::null())
         .spawn()
         .expect("start a worker process");
     Worker {
         name: name.into(),
+        addr,
         child,
     }
 }
@@ -173,6 +185,16 @@ async fn count_running(app: &TestApp, worker: &str) -> i64 {
         .unwrap_or(0)
 }
 
+/// Waits until `url` answers `status` (readiness going false, then true again).
+async fn wait_status(app: &TestApp, url: &str, status: StatusCode) {
+    let seen = support::eventually(Duration::from_secs(30), || async {
+        let r = app.client.get(url).send().await.ok()?;
+        (r.status() == status).then_some(())
+    })
+    .await;
+    assert!(seen.is_some(), "{url} never answered {status}");
+}
+
 /// Waits until `worker` is running at least one job, so that killing it loses work.
 async fn wait_busy(app: &TestApp, worker: &str) {
     let busy = support::eventually(Duration::from_secs(20), || async {
@@ -214,11 +236,30 @@ async fn no_job_is_lost_or_run_twice_through_crashes_and_restarts() {
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // 2. RabbitMQ goes away for a few seconds while apps keep enqueueing.
+    // Readiness goes false while it is away and true once everyone has reconnected.
+    let probes: Vec<String> = std::iter::once(app.url("/readyz"))
+        .chain(workers.iter().map(|w| format!("http://{}/readyz", w.addr)))
+        .collect();
+    for url in &probes {
+        wait_status(&app, url, StatusCode::OK).await;
+    }
     run("rabbitmqctl", &["stop_app"]);
-    faults.push("RabbitMQ stopped for 4 s".into());
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    let broker_down = Instant::now();
+    for url in &probes {
+        wait_status(&app, url, StatusCode::SERVICE_UNAVAILABLE).await;
+    }
+    tokio::time::sleep(Duration::from_secs(4).saturating_sub(broker_down.elapsed())).await;
     run("rabbitmqctl", &["start_app"]);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let broker_up = Instant::now();
+    for url in &probes {
+        wait_status(&app, url, StatusCode::OK).await;
+    }
+    faults.push(format!(
+        "RabbitMQ stopped for {:.1} s (api and workers ready again {:.1} s after it started)",
+        (broker_up - broker_down).as_secs_f64(),
+        broker_up.elapsed().as_secs_f64()
+    ));
+    tokio::time::sleep(Duration::from_secs(2)).await;
 
     // 3. Postgres restarts (every connection of every process is cut).
     run(
