@@ -139,10 +139,10 @@ async fn enqueue_until(
         i += 1;
         let job = |n: u64| {
             let sleep = rand::rng().random_range(0..150);
-            let fail_times = if n % 7 == 0 { 1 } else { 0 };
+            let fail_times = if n.is_multiple_of(7) { 1 } else { 0 };
             json!({"kind": "noop", "payload": {"sleep_ms": sleep, "fail_times": fail_times}})
         };
-        let (path, body) = if i % 5 == 0 {
+        let (path, body) = if i.is_multiple_of(5) {
             (
                 "/v1/jobs/batch",
                 json!({"jobs": (0..10).map(|k| job(i * 100 + k)).collect::<Vec<_>>()}),

@@ -30,32 +30,55 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn from_env() -> Result<Self, ConfigError> {
-        let concurrency: usize = config::parse_or("CONVEYOR_WORKER_CONCURRENCY", 32)?;
-        Ok(Self {
-            database: DatabaseConfig::from_env()?,
-            broker: BrokerConfig::from_env()?,
-            addr: config::parse_or(
-                "CONVEYOR_WORKER_ADDR",
-                SocketAddr::from(([127, 0, 0, 1], 9101)),
-            )?,
-            queues: config::queues_from_env()?,
-            concurrency: concurrency.max(1),
-            prefetch: config::parse_or(
-                "CONVEYOR_WORKER_PREFETCH",
-                (concurrency * 2).min(u16::MAX as usize) as u16,
-            )?,
-            worker_id: config::var_or("CONVEYOR_WORKER_ID", &default_worker_id()),
+    /// The documented defaults, with no environment read: the base for `from_env` and tests.
+    pub fn defaults(database: DatabaseConfig, broker: BrokerConfig) -> Self {
+        Self {
+            database,
+            broker,
+            addr: SocketAddr::from(([127, 0, 0, 1], 9101)),
+            queues: ["default", "transactions", "integrations"]
+                .map(String::from)
+                .to_vec(),
+            concurrency: 32,
+            prefetch: 64,
+            worker_id: default_worker_id(),
             retry: RetryPolicy {
-                base: config::millis_or("CONVEYOR_RETRY_BASE_MS", 1_000)?,
-                max: config::millis_or("CONVEYOR_RETRY_MAX_MS", 600_000)?,
+                base: Duration::from_secs(1),
+                max: Duration::from_secs(600),
+            },
+            shutdown_grace: Duration::from_secs(30),
+            lease: Duration::from_secs(30),
+            reaper_interval: Duration::from_secs(5),
+        }
+    }
+
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let d = Self::defaults(DatabaseConfig::from_env()?, BrokerConfig::from_env()?);
+        let concurrency: usize =
+            config::parse_or("CONVEYOR_WORKER_CONCURRENCY", d.concurrency)?.max(1);
+        let prefetch_default = (concurrency * 2).min(u16::MAX as usize) as u16;
+        Ok(Self {
+            addr: config::parse_or("CONVEYOR_WORKER_ADDR", d.addr)?,
+            queues: config::queues_from_env()?,
+            concurrency,
+            prefetch: config::parse_or("CONVEYOR_WORKER_PREFETCH", prefetch_default)?,
+            worker_id: config::var_or("CONVEYOR_WORKER_ID", &d.worker_id),
+            retry: RetryPolicy {
+                base: config::millis_or("CONVEYOR_RETRY_BASE_MS", d.retry.base.as_millis() as u64)?,
+                max: config::millis_or("CONVEYOR_RETRY_MAX_MS", d.retry.max.as_millis() as u64)?,
             },
             shutdown_grace: Duration::from_secs(config::parse_or(
                 "CONVEYOR_SHUTDOWN_GRACE_SECS",
-                30,
+                d.shutdown_grace.as_secs(),
             )?),
-            lease: Duration::from_secs(config::parse_or("CONVEYOR_LEASE_SECS", 30)?.max(1)),
-            reaper_interval: config::millis_or("CONVEYOR_REAPER_INTERVAL_MS", 5_000)?,
+            lease: Duration::from_secs(
+                config::parse_or("CONVEYOR_LEASE_SECS", d.lease.as_secs())?.max(1),
+            ),
+            reaper_interval: config::millis_or(
+                "CONVEYOR_REAPER_INTERVAL_MS",
+                d.reaper_interval.as_millis() as u64,
+            )?,
+            ..d
         })
     }
 }

@@ -96,7 +96,14 @@ impl Consumer {
             tracing::info!(queues = ?this.config.queues, prefetch = this.config.prefetch,
                 concurrency = this.config.concurrency, "worker consuming");
             match this
-                .consume(&mut session, &shutdown, &tracker, &abandon, &permits, &done_tx)
+                .consume(
+                    &mut session,
+                    &shutdown,
+                    &tracker,
+                    &abandon,
+                    &permits,
+                    &done_tx,
+                )
                 .await
             {
                 Ok(()) => {

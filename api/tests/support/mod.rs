@@ -115,23 +115,7 @@ impl TestApp {
         })];
         let mut worker_addr = None;
         if options.worker {
-            let port = free_port();
-            let wconfig = conveyor_worker::Config {
-                database,
-                broker: broker.clone(),
-                addr: SocketAddr::from(([127, 0, 0, 1], port)),
-                queues,
-                concurrency: 16,
-                prefetch: 32,
-                worker_id: format!("test-worker-{}", &id[..8]),
-                retry: conveyor_worker::retry::RetryPolicy {
-                    base: Duration::from_millis(20),
-                    max: Duration::from_millis(200),
-                },
-                shutdown_grace: Duration::from_secs(5),
-                lease: Duration::from_secs(2),
-                reaper_interval: Duration::from_millis(200),
-            };
+            let wconfig = worker_config(&db_name, &broker, &format!("test-worker-{}", &id[..8]));
             worker_addr = Some(wconfig.addr);
             let shutdown = shutdown.clone();
             tasks.push(tokio::spawn(async move {
@@ -276,6 +260,31 @@ fn init_test_logging() {
         .with_env_filter(filter)
         .with_test_writer()
         .try_init();
+}
+
+/// A worker's configuration for tests: fast retries, short leases, a free probe port.
+pub fn worker_config(
+    db_name: &str,
+    broker: &BrokerConfig,
+    worker_id: &str,
+) -> conveyor_worker::Config {
+    conveyor_worker::Config {
+        addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+        concurrency: 16,
+        prefetch: 32,
+        worker_id: worker_id.to_owned(),
+        retry: conveyor_worker::retry::RetryPolicy {
+            base: Duration::from_millis(20),
+            max: Duration::from_millis(200),
+        },
+        shutdown_grace: Duration::from_secs(5),
+        lease: Duration::from_secs(2),
+        reaper_interval: Duration::from_millis(200),
+        ..conveyor_worker::Config::defaults(
+            DatabaseConfig::with_url(format!("{}/{db_name}", pg_server())),
+            broker.clone(),
+        )
+    }
 }
 
 /// Calls `probe` until it returns `Some`, or gives up after `within`.

@@ -22,7 +22,9 @@ impl Handler for Noop {
                 panic!("noop panicked as asked (attempt {})", job.attempt);
             }
             if payload.fail_permanently == Some(true) {
-                return Err(HandlerError::Permanent("noop failing permanently as asked".into()));
+                return Err(HandlerError::Permanent(
+                    "noop failing permanently as asked".into(),
+                ));
             }
             let fail_times = payload.fail_times.unwrap_or(0) as i32;
             if job.attempt <= fail_times {
