@@ -5,7 +5,7 @@ use std::sync::Arc;
 use conveyor_shared::{db, health::Health, probe};
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::Config, consumer::Consumer, handlers::Registry, lease};
+use crate::{config::Config, consumer::Consumer, handlers::{Deps, Registry}, lease};
 
 /// Runs a worker until `shutdown` is cancelled and its in-flight jobs are done.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -38,10 +38,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         config.reaper_interval,
         shutdown.clone(),
     ));
+    let deps = Deps {
+        pool: pool.clone(),
+        // One client for every outgoing call: connection pools and TLS sessions are shared.
+        http: reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .timeout(std::time::Duration::from_secs(30))
+            .build()?,
+    };
+    let registry = Registry::for_worker(&config, &deps);
     let consumer = Consumer {
         pool,
         config: Arc::new(config),
-        registry: Registry::with_defaults(),
+        registry,
         health,
     };
     consumer.run(shutdown).await;

@@ -57,9 +57,16 @@ pub struct Registry {
     handlers: HashMap<&'static str, Arc<dyn Handler>>,
 }
 
+/// What handlers share: one Postgres pool and one HTTP client for the whole worker.
+#[derive(Clone)]
+pub struct Deps {
+    pub pool: sqlx::PgPool,
+    pub http: reqwest::Client,
+}
+
 impl Registry {
-    /// Every handler this build knows.
-    pub fn with_defaults() -> Self {
+    /// Every handler this build knows, wired to the worker's configuration.
+    pub fn for_worker(_config: &crate::Config, _deps: &Deps) -> Self {
         let mut registry = Self::default();
         registry.register("noop", Noop);
         registry
