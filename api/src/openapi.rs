@@ -5,7 +5,10 @@ use utoipa::{
     openapi::security::{Http, HttpAuthScheme, SecurityScheme},
 };
 
-use crate::{error::Problem, routes::jobs};
+use crate::{
+    error::Problem,
+    routes::{accounts, jobs},
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -16,7 +19,9 @@ use crate::{error::Problem, routes::jobs};
         jobs::get,
         jobs::list,
         jobs::cancel,
-        jobs::retry
+        jobs::retry,
+        accounts::create,
+        accounts::get
     ),
     components(schemas(
         conveyor_shared::Job,
@@ -26,10 +31,16 @@ use crate::{error::Problem, routes::jobs};
         conveyor_shared::enqueue::BatchRequest,
         conveyor_shared::enqueue::FieldError,
         jobs::JobList,
+        conveyor_shared::ledger::Account,
+        conveyor_shared::ledger::Entry,
+        accounts::CreateAccount,
         Problem,
     )),
     modifiers(&BearerAuth),
-    tags((name = "jobs", description = "Enqueue, inspect, cancel and retry jobs"))
+    tags(
+        (name = "jobs", description = "Enqueue, inspect, cancel and retry jobs"),
+        (name = "accounts", description = "Ledger accounts moved by payment and transfer jobs")
+    )
 )]
 pub struct ApiDoc;
 

@@ -111,6 +111,8 @@ pub fn router(state: AppState, health: Health) -> Router {
         .route("/v1/jobs/{id}", get(routes::jobs::get))
         .route("/v1/jobs/{id}/cancel", post(routes::jobs::cancel))
         .route("/v1/jobs/{id}/retry", post(routes::jobs::retry))
+        .route("/v1/accounts", post(routes::accounts::create))
+        .route("/v1/accounts/{id}", get(routes::accounts::get))
         .route("/openapi.json", get(routes::meta::openapi))
         .with_state(state);
     api.merge(probe::router(health))

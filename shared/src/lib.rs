@@ -17,6 +17,8 @@ pub mod health;
 pub mod job;
 /// API keys: tokens, scopes, tenants; only digests are stored.
 pub mod keys;
+/// The ledger: accounts and double-entry bookings, exactly once per job and leg.
+pub mod ledger;
 /// Job kinds and their payloads, each validated on its own type.
 pub mod kind;
 /// The outbox queries: which due jobs are published next.

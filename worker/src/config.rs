@@ -4,6 +4,8 @@ use std::{net::SocketAddr, time::Duration};
 
 use conveyor_shared::config::{self, BrokerConfig, ConfigError, DatabaseConfig};
 
+use secrecy::SecretString;
+
 use crate::retry::RetryPolicy;
 
 #[derive(Debug, Clone)]
@@ -27,6 +29,10 @@ pub struct Config {
     pub lease: Duration,
     /// How often expired leases are swept.
     pub reaper_interval: Duration,
+    /// The payment provider's base URL (`CONVEYOR_PAYMENT_URL`; the sandbox by default).
+    pub payment_url: String,
+    /// `CONVEYOR_PAYMENT_API_KEY`, sent as a bearer token; never logged.
+    pub payment_api_key: Option<SecretString>,
 }
 
 impl Config {
@@ -49,6 +55,8 @@ impl Config {
             shutdown_grace: Duration::from_secs(30),
             lease: Duration::from_secs(30),
             reaper_interval: Duration::from_secs(5),
+            payment_url: "http://127.0.0.1:8090".into(),
+            payment_api_key: None,
         }
     }
 
@@ -78,6 +86,11 @@ impl Config {
                 "CONVEYOR_REAPER_INTERVAL_MS",
                 d.reaper_interval.as_millis() as u64,
             )?,
+            payment_url: config::var_or("CONVEYOR_PAYMENT_URL", &d.payment_url),
+            payment_api_key: std::env::var("CONVEYOR_PAYMENT_API_KEY")
+                .ok()
+                .filter(|k| !k.is_empty())
+                .map(SecretString::from),
             ..d
         })
     }

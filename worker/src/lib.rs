@@ -25,6 +25,8 @@ pub mod handlers;
 pub mod lease;
 /// Retry delays: exponential backoff with full jitter.
 pub mod retry;
+/// The payment provider's HTTP API, with idempotency keys and error classes.
+pub mod provider;
 /// Runs one claimed job: timeout, panic capture, outcome classification.
 pub mod runner;
 

@@ -73,6 +73,7 @@ async fn execute(registry: &Registry, job: &Job) -> Ended {
     };
     let ctx = JobContext {
         id: job.id,
+        tenant: job.tenant.clone(),
         kind: job.kind.clone(),
         attempt: job.attempts,
         payload: job.payload.clone(),

@@ -11,7 +11,8 @@ use axum::{
 use chrono::Utc;
 use conveyor_shared::{
     Job, JobId, JobState,
-    enqueue::{self, BatchRequest, EnqueueRequest, Enqueued, FieldError, IdempotencyKey},
+    enqueue::{self, BatchRequest, EnqueueRequest, Enqueued, FieldError, IdempotencyKey, NewJob},
+    ledger,
     job::{JobFilter, control},
     keys::Scope,
 };
@@ -62,6 +63,7 @@ pub async fn create(
     let job = req
         .validate(&state.limits.enqueue, "", Utc::now())
         .map_err(ApiError::Validation)?;
+    check_references(&state, &principal.tenant, std::slice::from_ref(&job), |_| String::new()).await?;
     let idem = idem.map(|k| IdempotencyKey::new(k, "job", &raw));
     match enqueue::enqueue(&state.pool, &principal.tenant, vec![job], idem).await? {
         Enqueued::Created(mut jobs) => {
@@ -119,6 +121,7 @@ pub async fn create_batch(
     let jobs = req
         .validate(&state.limits.enqueue, Utc::now())
         .map_err(ApiError::Validation)?;
+    check_references(&state, &principal.tenant, &jobs, |i| format!("jobs[{i}].")).await?;
     let idem = idem.map(|k| IdempotencyKey::new(k, "batch", &raw));
     let (status, jobs) = match enqueue::enqueue(&state.pool, &principal.tenant, jobs, idem).await? {
         Enqueued::Created(jobs) => (StatusCode::CREATED, jobs),
@@ -302,6 +305,17 @@ pub async fn list(
         None
     };
     Ok(Json(JobList { jobs, next_cursor }))
+}
+
+/// Payloads that name accounts or other jobs must name ones this tenant has (422 otherwise).
+async fn check_references(
+    state: &AppState,
+    tenant: &str,
+    jobs: &[NewJob],
+    prefix: impl Fn(usize) -> String,
+) -> Result<(), ApiError> {
+    let errors = ledger::check_references(&state.pool, tenant, jobs, prefix).await?;
+    if errors.is_empty() { Ok(()) } else { Err(ApiError::Validation(errors)) }
 }
 
 /// The Idempotency-Key header, if any: 1 to 255 visible ASCII characters.

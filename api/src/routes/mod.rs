@@ -1,4 +1,5 @@
 //! HTTP routes, one file per resource.
 
+pub mod accounts;
 pub mod jobs;
 pub mod meta;

@@ -7,7 +7,7 @@
 
 pub mod proxy;
 
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use conveyor_api::{Application, Config as ApiConfig};
 use conveyor_shared::{
@@ -39,6 +39,8 @@ pub struct Options {
     pub worker: bool,
     /// The AMQP URL the api's relay uses (e.g. through a cuttable proxy).
     pub api_amqp_url: Option<String>,
+    /// Adjusts the in-process worker's configuration (service URLs, secrets, limits).
+    pub configure_worker: Option<Arc<dyn Fn(&mut conveyor_worker::Config) + Send + Sync>>,
 }
 
 impl Default for Options {
@@ -46,6 +48,7 @@ impl Default for Options {
         Self {
             worker: true,
             api_amqp_url: None,
+            configure_worker: None,
         }
     }
 }
@@ -115,7 +118,11 @@ impl TestApp {
         })];
         let mut worker_addr = None;
         if options.worker {
-            let wconfig = worker_config(&db_name, &broker, &format!("test-worker-{}", &id[..8]));
+            let mut wconfig =
+                worker_config(&db_name, &broker, &format!("test-worker-{}", &id[..8]));
+            if let Some(configure) = &options.configure_worker {
+                configure(&mut wconfig);
+            }
             worker_addr = Some(wconfig.addr);
             let shutdown = shutdown.clone();
             tasks.push(tokio::spawn(async move {

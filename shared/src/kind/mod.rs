@@ -1,26 +1,40 @@
 //! Job kinds and their payloads. Each payload type validates itself; the API calls
 //! [`JobKind::parse`] before anything is stored, so a worker only ever sees payloads that fit.
 //!
-//! Only `noop` is implemented so far; the payment, ledger, analytics and webhook kinds of the
-//! architecture arrive with their handlers, so the API never accepts a job no worker can run.
+//! A kind is listed here only once a worker handler for it exists, so the API never accepts a
+//! job no worker can run.
+
+pub mod payments;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::enqueue::FieldError;
+pub use payments::{ChargePayload, RefundPayload, TransferPayload};
 
 /// A validated job kind with its payload.
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobKind {
     Noop(NoopPayload),
+    Charge(ChargePayload),
+    Refund(RefundPayload),
+    Transfer(TransferPayload),
 }
 
 impl JobKind {
     /// The kinds the API accepts, by name.
-    pub const NAMES: &'static [&'static str] = &["noop"];
+    pub const NAMES: &'static [&'static str] = &[
+        "noop",
+        "payment.charge",
+        "payment.refund",
+        "ledger.transfer",
+    ];
 
     pub fn name(&self) -> &'static str {
         match self {
             Self::Noop(_) => "noop",
+            Self::Charge(_) => "payment.charge",
+            Self::Refund(_) => "payment.refund",
+            Self::Transfer(_) => "ledger.transfer",
         }
     }
 
@@ -28,6 +42,7 @@ impl JobKind {
     pub fn default_queue(&self) -> &'static str {
         match self {
             Self::Noop(_) => "default",
+            Self::Charge(_) | Self::Refund(_) | Self::Transfer(_) => "transactions",
         }
     }
 
@@ -35,6 +50,7 @@ impl JobKind {
     pub fn default_timeout_secs(&self) -> i32 {
         match self {
             Self::Noop(_) => 60,
+            Self::Charge(_) | Self::Refund(_) | Self::Transfer(_) => 30,
         }
     }
 
@@ -46,9 +62,12 @@ impl JobKind {
         field: &str,
     ) -> Result<Self, Vec<FieldError>> {
         match kind {
-            "noop" => typed::<NoopPayload>(payload, field)
-                .and_then(|p| p.validate(field).map(|()| p))
-                .map(Self::Noop),
+            "noop" => checked(payload, field, NoopPayload::validate).map(Self::Noop),
+            "payment.charge" => checked(payload, field, ChargePayload::validate).map(Self::Charge),
+            "payment.refund" => checked(payload, field, RefundPayload::validate).map(Self::Refund),
+            "ledger.transfer" => {
+                checked(payload, field, TransferPayload::validate).map(Self::Transfer)
+            }
             other => Err(vec![FieldError::new(
                 field
                     .strip_suffix("payload")
@@ -60,6 +79,17 @@ impl JobKind {
             )]),
         }
     }
+}
+
+/// Deserialises a payload and runs its own validation.
+fn checked<T: DeserializeOwned>(
+    payload: &serde_json::Value,
+    field: &str,
+    validate: fn(&T, &str) -> Result<(), Vec<FieldError>>,
+) -> Result<T, Vec<FieldError>> {
+    let typed: T = typed(payload, field)?;
+    validate(&typed, field)?;
+    Ok(typed)
 }
 
 /// Deserialises a payload, naming the exact field that does not fit.

@@ -4,6 +4,7 @@
 //! permanent); the [`runner`](crate::runner) decides what that means for the job.
 
 mod noop;
+pub mod payments;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -15,6 +16,8 @@ pub use noop::Noop;
 #[derive(Debug, Clone)]
 pub struct JobContext {
     pub id: conveyor_shared::JobId,
+    /// Whose job it is: every row a handler reads or writes is scoped to it.
+    pub tenant: String,
     pub kind: String,
     /// 1 for the first attempt.
     pub attempt: i32,
@@ -66,9 +69,17 @@ pub struct Deps {
 
 impl Registry {
     /// Every handler this build knows, wired to the worker's configuration.
-    pub fn for_worker(_config: &crate::Config, _deps: &Deps) -> Self {
+    pub fn for_worker(config: &crate::Config, deps: &Deps) -> Self {
         let mut registry = Self::default();
         registry.register("noop", Noop);
+        let provider = crate::provider::PaymentProvider {
+            http: deps.http.clone(),
+            base_url: config.payment_url.clone(),
+            api_key: config.payment_api_key.clone(),
+        };
+        registry.register("payment.charge", payments::Charge { pool: deps.pool.clone(), provider: provider.clone() });
+        registry.register("payment.refund", payments::Refund { pool: deps.pool.clone(), provider });
+        registry.register("ledger.transfer", payments::Transfer { pool: deps.pool.clone() });
         registry
     }
 
