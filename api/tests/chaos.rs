@@ -41,7 +41,7 @@ struct Worker {
     child: Child,
 }
 
-fn start_worker(app: &TestApp, name: &str) -> Worker {
+fn start_worker(app: &TestApp, name: &str, payment_url: &str) -> Worker {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -57,6 +57,7 @@ fn start_worker(app: &TestApp, name: &str) -> Worker {
         .env("AMQP_URL", support::amqp_url())
         .env("CONVEYOR_QUEUE_PREFIX", &app.broker.queue_prefix)
         .env("CONVEYOR_WORKER_ID", name)
+        .env("CONVEYOR_PAYMENT_URL", payment_url)
         .env("CONVEYOR_WORKER_ADDR", &addr)
         .env("CONVEYOR_WORKER_CONCURRENCY", "16")
         .env("CONVEYOR_LEASE_SECS", "2")
@@ -132,12 +133,20 @@ async fn enqueue_until(
     app: Arc<TestApp>,
     stop: CancellationToken,
     accepted: Arc<Mutex<Vec<String>>>,
+    wallets: Arc<Vec<String>>,
 ) -> usize {
     let mut refused = 0;
     let mut i = 0u64;
     while !stop.is_cancelled() {
         i += 1;
         let job = |n: u64| {
+            if n.is_multiple_of(4) {
+                // A quarter are payments: they must charge and book exactly once.
+                let wallet = &wallets[(n / 4) as usize % wallets.len()];
+                let amount = 100 + (n % 50) as i64;
+                return json!({"kind": "payment.charge",
+                    "payload": {"account_id": wallet, "amount_minor": amount, "currency": "EUR"}});
+            }
             let sleep = rand::rng().random_range(0..150);
             let fail_times = if n.is_multiple_of(7) { 1 } else { 0 };
             json!({"kind": "noop", "payload": {"sleep_ms": sleep, "fail_times": fail_times}})
@@ -215,14 +224,50 @@ async fn no_job_is_lost_or_run_twice_through_crashes_and_restarts() {
         })
         .await,
     );
+    // The payment provider fails a fifth of its calls on top of everything else.
+    let sandbox = conveyor_sandbox::Application::bind(&conveyor_sandbox::Config {
+        faults: conveyor_sandbox::FaultConfig {
+            failure_rate: 0.2,
+            ..Default::default()
+        },
+        ..conveyor_sandbox::Config::for_tests()
+    })
+    .await
+    .unwrap();
+    let payment_url = format!("http://{}", sandbox.local_addr().unwrap());
+    let stop_sandbox = CancellationToken::new();
+    tokio::spawn(sandbox.run_until_stopped(stop_sandbox.clone().cancelled_owned()));
+    let mut wallets = Vec::new();
+    for name in ["w1", "w2", "w3", "w4", "w5"] {
+        let r = app
+            .post_as(
+                &app.token,
+                "/v1/accounts",
+                json!({"name": name, "currency": "EUR"}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        wallets.push(
+            r.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let wallets = Arc::new(wallets);
     let mut workers = vec![
-        start_worker(&app, "chaos-w1"),
-        start_worker(&app, "chaos-w2"),
+        start_worker(&app, "chaos-w1", &payment_url),
+        start_worker(&app, "chaos-w2", &payment_url),
     ];
 
     let stop = CancellationToken::new();
     let accepted = Arc::new(Mutex::new(Vec::new()));
-    let enqueuer = tokio::spawn(enqueue_until(app.clone(), stop.clone(), accepted.clone()));
+    let enqueuer = tokio::spawn(enqueue_until(
+        app.clone(),
+        stop.clone(),
+        accepted.clone(),
+        wallets.clone(),
+    ));
     let mut faults = Vec::new();
     let started = Instant::now();
 
@@ -232,7 +277,7 @@ async fn no_job_is_lost_or_run_twice_through_crashes_and_restarts() {
     let lost_with_w1 = count_running(&app, &w1.name).await;
     w1.kill9();
     faults.push(format!("SIGKILL chaos-w1 with {lost_with_w1} jobs running"));
-    workers.push(start_worker(&app, "chaos-w3"));
+    workers.push(start_worker(&app, "chaos-w3", &payment_url));
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // 2. RabbitMQ goes away for a few seconds while apps keep enqueueing.
@@ -282,7 +327,7 @@ async fn no_job_is_lost_or_run_twice_through_crashes_and_restarts() {
     let lost_with_w2 = count_running(&app, &w2.name).await;
     w2.kill9();
     faults.push(format!("SIGKILL chaos-w2 with {lost_with_w2} jobs running"));
-    workers.push(start_worker(&app, "chaos-w4"));
+    workers.push(start_worker(&app, "chaos-w4", &payment_url));
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     stop.cancel();
@@ -313,6 +358,28 @@ async fn no_job_is_lost_or_run_twice_through_crashes_and_restarts() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let recovered_in = last_fault.elapsed();
+    if !pending.is_empty() {
+        // Say what the database is doing, for whoever has to find out why.
+        // pid, blocked by, database, state, wait event, query
+        type Activity = (
+            i32,
+            Vec<i32>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        );
+        let activity: Vec<Activity> = sqlx::query_as(
+            "SELECT pid, pg_blocking_pids(pid), datname::text, state, wait_event, left(query, 100)
+             FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'",
+        )
+        .fetch_all(&app.pool)
+        .await
+        .unwrap_or_default();
+        for row in activity {
+            eprintln!("chaos: pg_stat_activity {row:?}");
+        }
+    }
     assert!(
         pending.is_empty(),
         "{} accepted jobs did not succeed: {:?}",
@@ -359,9 +426,52 @@ async fn no_job_is_lost_or_run_twice_through_crashes_and_restarts() {
         "killing busy workers should have produced lost attempts"
     );
 
+    // Money: each balance is exactly the sum of its charges, and the provider saw one charge
+    // per charge job.
+    let drift: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT a.id::text, a.balance_minor,
+                coalesce(sum((j.payload->>'amount_minor')::int8), 0)::int8
+         FROM accounts a
+         LEFT JOIN jobs j ON j.kind = 'payment.charge' AND j.state = 'succeeded'
+                         AND (j.payload->>'account_id')::uuid = a.id
+         WHERE a.kind = 'customer' GROUP BY a.id
+         HAVING a.balance_minor <> coalesce(sum((j.payload->>'amount_minor')::int8), 0)",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert!(
+        drift.is_empty(),
+        "balances differ from the sum of their charges: {drift:?}"
+    );
+    let charge_jobs: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM jobs WHERE kind = 'payment.charge'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    let provider: Value = reqwest::get(format!("{payment_url}/payments/v1/charges"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let references: HashSet<&str> = provider["charges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["reference"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        provider["charges"].as_array().unwrap().len() as i64,
+        charge_jobs,
+        "one provider charge per charge job"
+    );
+    assert_eq!(references.len() as i64, charge_jobs);
+    stop_sandbox.cancel();
+
     // The numbers for the record (printed with --nocapture).
     println!(
-        "chaos: {} jobs accepted, {refused} requests refused during faults",
+        "chaos: {} jobs accepted ({charge_jobs} payment charges), {refused} requests refused during faults",
         ids.len()
     );
     println!("chaos: faults: {}", faults.join("; "));

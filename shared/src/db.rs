@@ -30,13 +30,22 @@ pub enum DbError {
 
 /// Opens a pool, creating the database first if it is missing.
 pub async fn connect(config: &DatabaseConfig) -> Result<PgPool, DbError> {
+    connect_pool(config, config.max_connections, &[]).await
+}
+
+/// Opens a pool of `max_connections` whose sessions get the `settings` (e.g. `lock_timeout`).
+pub async fn connect_pool(
+    config: &DatabaseConfig,
+    max_connections: u32,
+    settings: &[(&str, &str)],
+) -> Result<PgPool, DbError> {
     let options =
         PgConnectOptions::from_str(config.url.expose_secret()).map_err(DbError::InvalidUrl)?;
     create_database_if_missing(&options).await?;
     PgPoolOptions::new()
-        .max_connections(config.max_connections)
+        .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
-        .connect_with(options)
+        .connect_with(options.options(settings.iter().copied()))
         .await
         .map_err(DbError::Unreachable)
 }

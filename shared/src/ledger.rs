@@ -59,7 +59,11 @@ pub enum LedgerError {
     #[error("account {0} does not exist for this tenant")]
     AccountNotFound(Uuid),
     #[error("account {account} holds {account_currency}, not {currency}")]
-    CurrencyMismatch { account: Uuid, account_currency: String, currency: String },
+    CurrencyMismatch {
+        account: Uuid,
+        account_currency: String,
+        currency: String,
+    },
     #[error("a booking must sum to zero")]
     Unbalanced,
     #[error(transparent)]
@@ -82,7 +86,12 @@ pub enum Booked {
 }
 
 impl Account {
-    pub async fn create(pool: &PgPool, tenant: &str, name: &str, currency: &str) -> sqlx::Result<Account> {
+    pub async fn create(
+        pool: &PgPool,
+        tenant: &str,
+        name: &str,
+        currency: &str,
+    ) -> sqlx::Result<Account> {
         sqlx::query_as(
             "INSERT INTO accounts (id, tenant, name, currency) VALUES ($1, $2, $3, $4)
              RETURNING id, tenant, name, currency, balance_minor, created_at",
@@ -96,7 +105,12 @@ impl Account {
     }
 
     /// A customer account of `tenant`, with its `entries_limit` most recent entries.
-    pub async fn get(pool: &PgPool, tenant: &str, id: Uuid, entries_limit: i64) -> sqlx::Result<Option<Account>> {
+    pub async fn get(
+        pool: &PgPool,
+        tenant: &str,
+        id: Uuid,
+        entries_limit: i64,
+    ) -> sqlx::Result<Option<Account>> {
         let account: Option<Account> = sqlx::query_as(
             "SELECT id, tenant, name, currency, balance_minor, created_at FROM accounts
              WHERE tenant = $1 AND id = $2 AND kind = 'customer'",
@@ -105,7 +119,9 @@ impl Account {
         .bind(id)
         .fetch_optional(pool)
         .await?;
-        let Some(mut account) = account else { return Ok(None) };
+        let Some(mut account) = account else {
+            return Ok(None);
+        };
         account.entries = Some(
             sqlx::query_as(
                 "SELECT id, job_id, leg, amount_minor, currency, created_at FROM ledger_entries
@@ -119,36 +135,39 @@ impl Account {
         Ok(Some(account))
     }
 
-    /// Locks `tenant`'s customer account `id` for the rest of the transaction and checks its
-    /// currency.
-    pub async fn lock(
-        tx: &mut PgConnection,
+    /// Checks that `tenant` has a customer account `id` in `currency`, without locking it
+    /// (bookings lock what they change, in id order).
+    pub async fn check(
+        db: impl sqlx::PgExecutor<'_>,
         tenant: &str,
         id: Uuid,
         currency: &str,
-    ) -> Result<Account, LedgerError> {
-        let account: Account = sqlx::query_as(
-            "SELECT id, tenant, name, currency, balance_minor, created_at FROM accounts
-             WHERE tenant = $1 AND id = $2 AND kind = 'customer' FOR UPDATE",
+    ) -> Result<(), LedgerError> {
+        let found: Option<String> = sqlx::query_scalar(
+            "SELECT currency FROM accounts WHERE tenant = $1 AND id = $2 AND kind = 'customer'",
         )
         .bind(tenant)
         .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(LedgerError::AccountNotFound(id))?;
-        if account.currency != currency {
-            return Err(LedgerError::CurrencyMismatch {
+        .fetch_optional(db)
+        .await?;
+        match found {
+            None => Err(LedgerError::AccountNotFound(id)),
+            Some(c) if c != currency => Err(LedgerError::CurrencyMismatch {
                 account: id,
-                account_currency: account.currency,
+                account_currency: c,
                 currency: currency.to_owned(),
-            });
+            }),
+            Some(_) => Ok(()),
         }
-        Ok(account)
     }
 }
 
 /// The tenant's clearing account for `currency`, created on first use.
-pub async fn clearing_account(tx: &mut PgConnection, tenant: &str, currency: &str) -> sqlx::Result<Uuid> {
+pub async fn clearing_account(
+    tx: &mut PgConnection,
+    tenant: &str,
+    currency: &str,
+) -> sqlx::Result<Uuid> {
     sqlx::query(
         "INSERT INTO accounts (id, tenant, name, currency, kind) VALUES ($1, $2, $3, $4, 'system')
          ON CONFLICT (tenant, name, currency) WHERE kind = 'system' DO NOTHING",
@@ -170,7 +189,7 @@ pub async fn clearing_account(tx: &mut PgConnection, tenant: &str, currency: &st
 }
 
 /// Books `legs` for `job_id` inside `tx`, once. Customer accounts involved are locked in id
-/// order and their balances updated; a balance that would go negative fails the booking with
+/// order (`FOR NO KEY UPDATE`) and their balances updated; a balance that would go negative fails the booking with
 /// [`LedgerError::InsufficientFunds`] (the caller's transaction must then be dropped).
 pub async fn book(
     tx: &mut PgConnection,
@@ -185,7 +204,12 @@ pub async fn book(
     let mut accounts: Vec<Uuid> = legs.iter().map(|l| l.account).collect();
     accounts.sort();
     accounts.dedup();
-    sqlx::query("SELECT id FROM accounts WHERE id = ANY($1) AND kind = 'customer' ORDER BY id FOR UPDATE")
+    // NO KEY UPDATE, not UPDATE: foreign keys that point at accounts (entries, charges) take
+    // KEY SHARE locks, which FOR UPDATE would conflict with: two bookings on one account that
+    // had each inserted a referencing row would then deadlock.
+    sqlx::query(
+        "SELECT id FROM accounts WHERE id = ANY($1) AND kind = 'customer' ORDER BY id FOR NO KEY UPDATE",
+    )
         .bind(&accounts)
         .execute(&mut *tx)
         .await?;
@@ -286,7 +310,10 @@ pub async fn check_references(
 
     let mut errors = Vec::new();
     let mut account = |field: String, id: Uuid, currency: &str| match currencies.get(&id) {
-        None => errors.push(FieldError::new(field, format!("no account {id} for this tenant"))),
+        None => errors.push(FieldError::new(
+            field,
+            format!("no account {id} for this tenant"),
+        )),
         Some(c) if c != currency => errors.push(FieldError::new(
             field,
             format!("account {id} holds {c}, not {currency}"),
@@ -297,15 +324,26 @@ pub async fn check_references(
     for (i, job) in jobs.iter().enumerate() {
         let at = prefix(i);
         match &job.kind {
-            JobKind::Charge(p) => account(format!("{at}payload.account_id"), p.account_id, &p.currency),
+            JobKind::Charge(p) => {
+                account(format!("{at}payload.account_id"), p.account_id, &p.currency)
+            }
             JobKind::Transfer(p) => {
-                account(format!("{at}payload.from_account"), p.from_account, &p.currency);
+                account(
+                    format!("{at}payload.from_account"),
+                    p.from_account,
+                    &p.currency,
+                );
                 account(format!("{at}payload.to_account"), p.to_account, &p.currency);
             }
-            JobKind::Refund(p) if !charges.contains(&p.charge_job_id) => refund_errors.push(FieldError::new(
-                format!("{at}payload.charge_job_id"),
-                format!("no payment.charge job {} for this tenant that can still succeed", p.charge_job_id),
-            )),
+            JobKind::Refund(p) if !charges.contains(&p.charge_job_id) => {
+                refund_errors.push(FieldError::new(
+                    format!("{at}payload.charge_job_id"),
+                    format!(
+                        "no payment.charge job {} for this tenant that can still succeed",
+                        p.charge_job_id
+                    ),
+                ))
+            }
             _ => {}
         }
     }

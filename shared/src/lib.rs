@@ -9,6 +9,8 @@ pub mod broker;
 pub mod config;
 /// Connecting to Postgres, creating the database if missing, running migrations.
 pub mod db;
+/// Which addresses calls to tenant-supplied URLs may reach (the egress classifier).
+pub mod egress;
 /// Accepting new jobs: request validation, idempotency keys and the transactional insert.
 pub mod enqueue;
 /// Liveness and readiness state shared by a process's tasks.
@@ -17,10 +19,10 @@ pub mod health;
 pub mod job;
 /// API keys: tokens, scopes, tenants; only digests are stored.
 pub mod keys;
-/// The ledger: accounts and double-entry bookings, exactly once per job and leg.
-pub mod ledger;
 /// Job kinds and their payloads, each validated on its own type.
 pub mod kind;
+/// The ledger: accounts and double-entry bookings, exactly once per job and leg.
+pub mod ledger;
 /// The outbox queries: which due jobs are published next.
 pub mod outbox;
 /// `/healthz`, `/readyz`, `/metrics` server and the `healthcheck` client every binary offers.

@@ -5,12 +5,31 @@ use std::sync::Arc;
 use conveyor_shared::{db, health::Health, probe};
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::Config, consumer::Consumer, handlers::{Deps, Registry}, lease};
+use crate::{
+    config::Config,
+    consumer::Consumer,
+    handlers::{Deps, Registry},
+    lease,
+};
 
 /// Runs a worker until `shutdown` is cancelled and its in-flight jobs are done.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     conveyor_shared::telemetry::metrics();
-    let pool = db::connect(&config.database).await?;
+    // Three pools, so that no kind of work can starve another: claims, completions and the
+    // reaper; handlers (each running job may hold a connection, and may wait on row locks, but
+    // never for more than `lock_timeout`); and lease renewals, which must never expire because
+    // everything else is busy.
+    let pool = db::connect_pool(&config.database, 4, &[]).await?;
+    let handler_pool = db::connect_pool(
+        &config.database,
+        config
+            .database
+            .max_connections
+            .max(config.concurrency as u32 + 2),
+        &[("lock_timeout", "5s")],
+    )
+    .await?;
+    let lease_pool = db::connect_pool(&config.database, 2, &[]).await?;
     let health = Health::new(pool.clone());
     let listener = tokio::net::TcpListener::bind(config.addr).await?;
     tracing::info!(addr = %listener.local_addr()?, worker_id = %config.worker_id, "worker probe server listening");
@@ -28,7 +47,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // the shutdown signal: jobs finishing during the grace period still hold their claims.
     let renew_stop = CancellationToken::new();
     let renew = tokio::spawn(lease::renew_loop(
-        pool.clone(),
+        lease_pool,
         config.worker_id.clone(),
         config.lease,
         renew_stop.clone(),
@@ -39,7 +58,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         shutdown.clone(),
     ));
     let deps = Deps {
-        pool: pool.clone(),
+        pool: handler_pool,
         // One client for every outgoing call: connection pools and TLS sessions are shared.
         http: reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(5))

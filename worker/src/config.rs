@@ -3,6 +3,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use conveyor_shared::config::{self, BrokerConfig, ConfigError, DatabaseConfig};
+use ipnet::IpNet;
 
 use secrecy::SecretString;
 
@@ -33,6 +34,25 @@ pub struct Config {
     pub payment_url: String,
     /// `CONVEYOR_PAYMENT_API_KEY`, sent as a bearer token; never logged.
     pub payment_api_key: Option<SecretString>,
+    /// The analytics service's base URL (`CONVEYOR_ANALYTICS_URL`; the sandbox by default).
+    pub analytics_url: String,
+    /// Batch requests per second sent to the analytics service (`CONVEYOR_ANALYTICS_RPS`).
+    pub analytics_rps: u32,
+    /// Most events in one batch (`CONVEYOR_ANALYTICS_BATCH_SIZE`). A batch also never holds more
+    /// events than jobs run at once, since each job waits for its own event's verdict.
+    pub analytics_batch_size: usize,
+    /// How long a batch waits for more events after its first (`CONVEYOR_ANALYTICS_LINGER_MS`).
+    pub analytics_linger: Duration,
+    /// `CONVEYOR_WEBHOOK_SECRET` (`whsec_` + base64): the webhook signing key; never logged.
+    /// Without it, `webhook.deliver` jobs fail permanently.
+    pub webhook_secret: Option<SecretString>,
+    /// `CONVEYOR_EGRESS_ALLOW`: CIDRs webhook targets may reach besides public addresses.
+    pub egress_allow: Vec<IpNet>,
+    /// Consecutive failures that open a destination host's circuit (`CONVEYOR_BREAKER_FAILURES`).
+    pub breaker_failures: u32,
+    /// How long an open circuit fails fast before a probe goes through
+    /// (`CONVEYOR_BREAKER_COOLDOWN_MS`).
+    pub breaker_cooldown: Duration,
 }
 
 impl Config {
@@ -57,6 +77,14 @@ impl Config {
             reaper_interval: Duration::from_secs(5),
             payment_url: "http://127.0.0.1:8090".into(),
             payment_api_key: None,
+            analytics_url: "http://127.0.0.1:8090".into(),
+            analytics_rps: 10,
+            analytics_batch_size: 100,
+            analytics_linger: Duration::from_millis(50),
+            webhook_secret: None,
+            egress_allow: Vec::new(),
+            breaker_failures: 5,
+            breaker_cooldown: Duration::from_secs(30),
         }
     }
 
@@ -91,9 +119,64 @@ impl Config {
                 .ok()
                 .filter(|k| !k.is_empty())
                 .map(SecretString::from),
+            analytics_url: service_url("CONVEYOR_ANALYTICS_URL", &d.analytics_url)?,
+            analytics_rps: config::parse_or("CONVEYOR_ANALYTICS_RPS", d.analytics_rps)?.max(1),
+            analytics_batch_size: config::parse_or(
+                "CONVEYOR_ANALYTICS_BATCH_SIZE",
+                d.analytics_batch_size,
+            )?
+            .max(1),
+            analytics_linger: config::millis_or(
+                "CONVEYOR_ANALYTICS_LINGER_MS",
+                d.analytics_linger.as_millis() as u64,
+            )?,
+            webhook_secret: webhook_secret()?,
+            egress_allow: crate::egress::parse_allow_list(&config::var_or(
+                "CONVEYOR_EGRESS_ALLOW",
+                "",
+            ))
+            .map_err(|reason| ConfigError {
+                name: "CONVEYOR_EGRESS_ALLOW",
+                reason,
+            })?,
+            breaker_failures: config::parse_or("CONVEYOR_BREAKER_FAILURES", d.breaker_failures)?
+                .max(1),
+            breaker_cooldown: config::millis_or(
+                "CONVEYOR_BREAKER_COOLDOWN_MS",
+                d.breaker_cooldown.as_millis() as u64,
+            )?,
             ..d
         })
     }
+}
+
+/// Reads a service base URL, refusing anything that is not an absolute http(s) URL.
+fn service_url(name: &'static str, default: &str) -> Result<String, ConfigError> {
+    let raw = config::var_or(name, default);
+    match reqwest::Url::parse(&raw) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => Ok(raw),
+        _ => Err(ConfigError {
+            name,
+            reason: format!("expected an absolute http(s) URL, got {raw:?}"),
+        }),
+    }
+}
+
+/// Reads `CONVEYOR_WEBHOOK_SECRET`, refusing a malformed one at startup rather than at the
+/// first delivery. The value never appears in the error.
+fn webhook_secret() -> Result<Option<SecretString>, ConfigError> {
+    let Some(secret) = std::env::var("CONVEYOR_WEBHOOK_SECRET")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+        .map(SecretString::from)
+    else {
+        return Ok(None);
+    };
+    crate::signing::Signer::new(&secret).map_err(|e| ConfigError {
+        name: "CONVEYOR_WEBHOOK_SECRET",
+        reason: e.to_string(),
+    })?;
+    Ok(Some(secret))
 }
 
 /// `<hostname>-<pid>`: unique enough to tell workers apart in the attempts log.

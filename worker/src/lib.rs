@@ -13,22 +13,30 @@
 
 /// Wiring: probe server + consumer, until shutdown.
 pub mod app;
+/// Circuit breakers per destination host for outgoing calls.
+pub mod breaker;
 /// Batched completions: record outcomes in Postgres, then ack.
 pub mod completer;
 /// Worker configuration from the environment.
 pub mod config;
 /// The consumer loop: deliveries → batched claims → handler tasks.
 pub mod consumer;
+/// The egress policy (SSRF guard) for tenant-supplied URLs: resolve, judge, pin.
+pub mod egress;
 /// Handlers by job kind, and the `noop` handler.
 pub mod handlers;
 /// Lease renewal for running jobs and the reaper for jobs whose worker died.
 pub mod lease;
-/// Retry delays: exponential backoff with full jitter.
-pub mod retry;
 /// The payment provider's HTTP API, with idempotency keys and error classes.
 pub mod provider;
+/// Reading external services' answers: status classes, `Retry-After`, capped bodies.
+pub mod response;
+/// Retry delays: exponential backoff with full jitter.
+pub mod retry;
 /// Runs one claimed job: timeout, panic capture, outcome classification.
 pub mod runner;
+/// Standard Webhooks signatures (HMAC-SHA256).
+pub mod signing;
 
 pub use app::run;
 pub use config::Config;

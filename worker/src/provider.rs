@@ -53,8 +53,14 @@ impl PaymentProvider {
         currency: &str,
         source: Option<&str>,
     ) -> Result<ProviderObject, HandlerError> {
-        let body = ChargeRequest { amount_minor, currency, reference: idempotency_key, source };
-        self.post("/payments/v1/charges", idempotency_key, &body).await
+        let body = ChargeRequest {
+            amount_minor,
+            currency,
+            reference: idempotency_key,
+            source,
+        };
+        self.post("/payments/v1/charges", idempotency_key, &body)
+            .await
     }
 
     /// Refunds `amount_minor` of `charge_id` once per `idempotency_key` (the refund job id).
@@ -64,13 +70,26 @@ impl PaymentProvider {
         charge_id: &str,
         amount_minor: i64,
     ) -> Result<ProviderObject, HandlerError> {
-        let body = RefundRequest { charge_id, amount_minor };
-        self.post("/payments/v1/refunds", idempotency_key, &body).await
+        let body = RefundRequest {
+            charge_id,
+            amount_minor,
+        };
+        self.post("/payments/v1/refunds", idempotency_key, &body)
+            .await
     }
 
-    async fn post<B: Serialize>(&self, path: &str, key: &str, body: &B) -> Result<ProviderObject, HandlerError> {
+    async fn post<B: Serialize>(
+        &self,
+        path: &str,
+        key: &str,
+        body: &B,
+    ) -> Result<ProviderObject, HandlerError> {
         let url = format!("{}{path}", self.base_url.trim_end_matches('/'));
-        let mut request = self.http.post(&url).header("Idempotency-Key", key).json(body);
+        let mut request = self
+            .http
+            .post(&url)
+            .header("Idempotency-Key", key)
+            .json(body);
         if let Some(api_key) = &self.api_key {
             request = request.bearer_auth(api_key.expose_secret());
         }
@@ -81,7 +100,9 @@ impl PaymentProvider {
         if status.is_success() {
             let bytes = read_capped(response).await?;
             return serde_json::from_slice(&bytes).map_err(|e| {
-                HandlerError::retryable(format!("payment provider answered {status} with an unreadable body: {e}"))
+                HandlerError::retryable(format!(
+                    "payment provider answered {status} with an unreadable body: {e}"
+                ))
             });
         }
         let retry_after = retry_after(&response);
@@ -98,27 +119,40 @@ pub fn classify(status: StatusCode, retry_after: Option<Duration>, detail: &str)
     let message = format!("payment provider answered {status}: {detail}");
     match status {
         StatusCode::PAYMENT_REQUIRED => HandlerError::Permanent(format!("declined: {message}")),
-        StatusCode::TOO_MANY_REQUESTS => HandlerError::Retryable { message, retry_after },
+        StatusCode::TOO_MANY_REQUESTS => HandlerError::Retryable {
+            message,
+            retry_after,
+        },
         StatusCode::REQUEST_TIMEOUT => HandlerError::retryable(message),
-        s if s.is_server_error() => HandlerError::Retryable { message, retry_after },
+        s if s.is_server_error() => HandlerError::Retryable {
+            message,
+            retry_after,
+        },
         _ => HandlerError::Permanent(message),
     }
 }
 
 fn retry_after(response: &Response) -> Option<Duration> {
-    let secs: u64 = response.headers().get(RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
+    let secs: u64 = response
+        .headers()
+        .get(RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     Some(Duration::from_secs(secs))
 }
 
 async fn read_capped(mut response: Response) -> Result<Vec<u8>, HandlerError> {
     let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| HandlerError::retryable(format!("reading the provider's answer: {}", without_url(e))))?
-    {
+    while let Some(chunk) = response.chunk().await.map_err(|e| {
+        HandlerError::retryable(format!("reading the provider's answer: {}", without_url(e)))
+    })? {
         if body.len() + chunk.len() > MAX_BODY {
-            return Err(HandlerError::retryable("the provider's answer is larger than 64 KiB"));
+            return Err(HandlerError::retryable(
+                "the provider's answer is larger than 64 KiB",
+            ));
         }
         body.extend_from_slice(&chunk);
     }
@@ -143,12 +177,19 @@ mod tests {
 
     #[test]
     fn provider_errors_are_classified() {
-        let permanent = |s: u16| matches!(classify(StatusCode::from_u16(s).unwrap(), None, ""), HandlerError::Permanent(_));
+        let permanent = |s: u16| {
+            matches!(
+                classify(StatusCode::from_u16(s).unwrap(), None, ""),
+                HandlerError::Permanent(_)
+            )
+        };
         assert!(permanent(402) && permanent(400) && permanent(404) && permanent(422));
         assert!(!permanent(500) && !permanent(503) && !permanent(429) && !permanent(408));
-        let HandlerError::Retryable { retry_after, .. } =
-            classify(StatusCode::TOO_MANY_REQUESTS, Some(Duration::from_secs(3)), "")
-        else {
+        let HandlerError::Retryable { retry_after, .. } = classify(
+            StatusCode::TOO_MANY_REQUESTS,
+            Some(Duration::from_secs(3)),
+            "",
+        ) else {
             panic!("429 must be retryable")
         };
         assert_eq!(retry_after, Some(Duration::from_secs(3)));

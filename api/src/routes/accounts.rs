@@ -8,10 +8,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use conveyor_shared::{
-    enqueue::FieldError,
-    keys::Scope,
-    kind::payments::valid_currency,
-    ledger::Account,
+    enqueue::FieldError, keys::Scope, kind::payments::valid_currency, ledger::Account,
 };
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -54,15 +51,29 @@ pub async fn create(
     if !valid_currency(&req.currency) {
         errors.push(FieldError::new(
             "currency",
-            format!("{:?} is not an ISO 4217 currency code such as EUR or USD", req.currency),
+            format!(
+                "{:?} is not an ISO 4217 currency code such as EUR or USD",
+                req.currency
+            ),
         ));
     }
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    let account = Account::create(&state.pool, &principal.tenant, req.name.trim(), &req.currency).await?;
+    let account = Account::create(
+        &state.pool,
+        &principal.tenant,
+        req.name.trim(),
+        &req.currency,
+    )
+    .await?;
     let location = format!("/v1/accounts/{}", account.id);
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(account)).into_response())
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(account),
+    )
+        .into_response())
 }
 
 /// An account with its balance and most recent entries.

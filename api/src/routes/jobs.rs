@@ -12,9 +12,9 @@ use chrono::Utc;
 use conveyor_shared::{
     Job, JobId, JobState,
     enqueue::{self, BatchRequest, EnqueueRequest, Enqueued, FieldError, IdempotencyKey, NewJob},
-    ledger,
     job::{JobFilter, control},
     keys::Scope,
+    ledger,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -63,7 +63,13 @@ pub async fn create(
     let job = req
         .validate(&state.limits.enqueue, "", Utc::now())
         .map_err(ApiError::Validation)?;
-    check_references(&state, &principal.tenant, std::slice::from_ref(&job), |_| String::new()).await?;
+    check_references(
+        &state,
+        &principal.tenant,
+        std::slice::from_ref(&job),
+        |_| String::new(),
+    )
+    .await?;
     let idem = idem.map(|k| IdempotencyKey::new(k, "job", &raw));
     match enqueue::enqueue(&state.pool, &principal.tenant, vec![job], idem).await? {
         Enqueued::Created(mut jobs) => {
@@ -315,7 +321,11 @@ async fn check_references(
     prefix: impl Fn(usize) -> String,
 ) -> Result<(), ApiError> {
     let errors = ledger::check_references(&state.pool, tenant, jobs, prefix).await?;
-    if errors.is_empty() { Ok(()) } else { Err(ApiError::Validation(errors)) }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Validation(errors))
+    }
 }
 
 /// The Idempotency-Key header, if any: 1 to 255 visible ASCII characters.

@@ -32,6 +32,9 @@ pub fn amqp_url() -> String {
     std::env::var("CONVEYOR_TEST_AMQP").unwrap_or_else(|_| AMQP_URL.into())
 }
 
+/// A change to the test worker's configuration.
+pub type ConfigureWorker = Arc<dyn Fn(&mut conveyor_worker::Config) + Send + Sync>;
+
 /// Options for [`TestApp::spawn_with`].
 #[derive(Clone)]
 pub struct Options {
@@ -40,7 +43,7 @@ pub struct Options {
     /// The AMQP URL the api's relay uses (e.g. through a cuttable proxy).
     pub api_amqp_url: Option<String>,
     /// Adjusts the in-process worker's configuration (service URLs, secrets, limits).
-    pub configure_worker: Option<Arc<dyn Fn(&mut conveyor_worker::Config) + Send + Sync>>,
+    pub configure_worker: Option<ConfigureWorker>,
 }
 
 impl Default for Options {

@@ -4,11 +4,13 @@
 //! A kind is listed here only once a worker handler for it exists, so the API never accepts a
 //! job no worker can run.
 
+pub mod integrations;
 pub mod payments;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::enqueue::FieldError;
+pub use integrations::{AnalyticsTrackPayload, WebhookDeliverPayload};
 pub use payments::{ChargePayload, RefundPayload, TransferPayload};
 
 /// A validated job kind with its payload.
@@ -18,6 +20,8 @@ pub enum JobKind {
     Charge(ChargePayload),
     Refund(RefundPayload),
     Transfer(TransferPayload),
+    AnalyticsTrack(AnalyticsTrackPayload),
+    WebhookDeliver(WebhookDeliverPayload),
 }
 
 impl JobKind {
@@ -27,6 +31,8 @@ impl JobKind {
         "payment.charge",
         "payment.refund",
         "ledger.transfer",
+        "analytics.track",
+        "webhook.deliver",
     ];
 
     pub fn name(&self) -> &'static str {
@@ -35,6 +41,8 @@ impl JobKind {
             Self::Charge(_) => "payment.charge",
             Self::Refund(_) => "payment.refund",
             Self::Transfer(_) => "ledger.transfer",
+            Self::AnalyticsTrack(_) => "analytics.track",
+            Self::WebhookDeliver(_) => "webhook.deliver",
         }
     }
 
@@ -43,6 +51,7 @@ impl JobKind {
         match self {
             Self::Noop(_) => "default",
             Self::Charge(_) | Self::Refund(_) | Self::Transfer(_) => "transactions",
+            Self::AnalyticsTrack(_) | Self::WebhookDeliver(_) => "integrations",
         }
     }
 
@@ -51,6 +60,9 @@ impl JobKind {
         match self {
             Self::Noop(_) => 60,
             Self::Charge(_) | Self::Refund(_) | Self::Transfer(_) => 30,
+            // An event may wait for a batch and the rate limit before it is sent.
+            Self::AnalyticsTrack(_) => 120,
+            Self::WebhookDeliver(_) => 60,
         }
     }
 
@@ -67,6 +79,12 @@ impl JobKind {
             "payment.refund" => checked(payload, field, RefundPayload::validate).map(Self::Refund),
             "ledger.transfer" => {
                 checked(payload, field, TransferPayload::validate).map(Self::Transfer)
+            }
+            "analytics.track" => {
+                checked(payload, field, AnalyticsTrackPayload::validate).map(Self::AnalyticsTrack)
+            }
+            "webhook.deliver" => {
+                checked(payload, field, WebhookDeliverPayload::validate).map(Self::WebhookDeliver)
             }
             other => Err(vec![FieldError::new(
                 field

@@ -72,7 +72,11 @@ fn currency(field: &str, value: &str, errors: &mut Vec<FieldError>) {
 }
 
 fn result(errors: Vec<FieldError>) -> Result<(), Vec<FieldError>> {
-    if errors.is_empty() { Ok(()) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
 }
 
 impl ChargePayload {
@@ -81,9 +85,16 @@ impl ChargePayload {
         amount(field, self.amount_minor, &mut errors);
         currency(field, &self.currency, &mut errors);
         if self.description.as_ref().is_some_and(|d| d.len() > 500) {
-            errors.push(FieldError::new(format!("{field}.description"), "at most 500 bytes"));
+            errors.push(FieldError::new(
+                format!("{field}.description"),
+                "at most 500 bytes",
+            ));
         }
-        if self.source.as_ref().is_some_and(|s| s.is_empty() || s.len() > 200) {
+        if self
+            .source
+            .as_ref()
+            .is_some_and(|s| s.is_empty() || s.len() > 200)
+        {
             errors.push(FieldError::new(format!("{field}.source"), "1 to 200 bytes"));
         }
         result(errors)
@@ -133,7 +144,12 @@ mod tests {
             amount_minor: 0,
             currency: "EUR".into(),
         };
-        let fields: Vec<_> = t.validate("payload").unwrap_err().into_iter().map(|e| e.field).collect();
+        let fields: Vec<_> = t
+            .validate("payload")
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
         assert_eq!(fields, ["payload.amount_minor", "payload.to_account"]);
     }
 }

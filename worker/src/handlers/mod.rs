@@ -3,8 +3,10 @@
 //! A handler says *what happened* (success with a result, or an error that is retryable or
 //! permanent); the [`runner`](crate::runner) decides what that means for the job.
 
+pub mod analytics;
 mod noop;
 pub mod payments;
+pub mod webhook;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -77,9 +79,49 @@ impl Registry {
             base_url: config.payment_url.clone(),
             api_key: config.payment_api_key.clone(),
         };
-        registry.register("payment.charge", payments::Charge { pool: deps.pool.clone(), provider: provider.clone() });
-        registry.register("payment.refund", payments::Refund { pool: deps.pool.clone(), provider });
-        registry.register("ledger.transfer", payments::Transfer { pool: deps.pool.clone() });
+        registry.register(
+            "payment.charge",
+            payments::Charge {
+                pool: deps.pool.clone(),
+                provider: provider.clone(),
+            },
+        );
+        registry.register(
+            "payment.refund",
+            payments::Refund {
+                pool: deps.pool.clone(),
+                provider,
+            },
+        );
+        registry.register(
+            "ledger.transfer",
+            payments::Transfer {
+                pool: deps.pool.clone(),
+            },
+        );
+        registry.register(
+            "analytics.track",
+            analytics::Analytics::new(
+                analytics::Settings {
+                    base_url: config.analytics_url.clone(),
+                    rps: config.analytics_rps,
+                    batch_size: config.analytics_batch_size,
+                    linger: config.analytics_linger,
+                },
+                deps.http.clone(),
+            ),
+        );
+        registry.register(
+            "webhook.deliver",
+            webhook::Webhook::new(
+                config.webhook_secret.as_ref(),
+                crate::egress::EgressPolicy::new(config.egress_allow.clone()),
+                Arc::new(crate::breaker::Breakers::new(
+                    config.breaker_failures,
+                    config.breaker_cooldown,
+                )),
+            ),
+        );
         registry
     }
 

@@ -12,8 +12,8 @@
 //! refuses it for good.
 
 use conveyor_shared::{
-    ledger::{self, Account, Booked, LedgerError, Leg},
     kind::{ChargePayload, RefundPayload, TransferPayload},
+    ledger::{self, Account, Booked, LedgerError, Leg},
 };
 use futures_util::{FutureExt, future::BoxFuture};
 use serde_json::json;
@@ -52,9 +52,7 @@ impl Handler for Charge {
             let p: ChargePayload = payload(&job)?;
             let job_id = job.id.0;
             // Check the account before charging anyone.
-            let mut tx = pool.begin().await.map_err(db)?;
-            Account::lock(&mut tx, &job.tenant, p.account_id, &p.currency).await.map_err(ledger_error)?;
-            tx.rollback().await.map_err(db)?;
+            Account::check(&pool, &job.tenant, p.account_id, &p.currency).await.map_err(ledger_error)?;
 
             let charge = provider
                 .charge(&job_id.to_string(), p.amount_minor, &p.currency, p.source.as_deref())
@@ -99,24 +97,37 @@ impl Handler for Transfer {
         async move {
             let p: TransferPayload = payload(&job)?;
             let mut tx = pool.begin().await.map_err(db)?;
-            // Lock both in id order (as `book` would) and check them.
-            let (first, second) = if p.from_account < p.to_account {
-                (p.from_account, p.to_account)
-            } else {
-                (p.to_account, p.from_account)
-            };
-            for id in [first, second] {
-                Account::lock(&mut tx, &job.tenant, id, &p.currency).await.map_err(ledger_error)?;
+            // Both accounts must be this tenant's, in this currency; `book` locks them in id order.
+            for id in [p.from_account, p.to_account] {
+                Account::check(&mut *tx, &job.tenant, id, &p.currency)
+                    .await
+                    .map_err(ledger_error)?;
             }
-            let booked = ledger::book(&mut tx, &job.tenant, job.id.0, &p.currency, &[
-                Leg { name: "transfer.from", account: p.from_account, amount_minor: -p.amount_minor },
-                Leg { name: "transfer.to", account: p.to_account, amount_minor: p.amount_minor },
-            ])
+            let booked = ledger::book(
+                &mut tx,
+                &job.tenant,
+                job.id.0,
+                &p.currency,
+                &[
+                    Leg {
+                        name: "transfer.from",
+                        account: p.from_account,
+                        amount_minor: -p.amount_minor,
+                    },
+                    Leg {
+                        name: "transfer.to",
+                        account: p.to_account,
+                        amount_minor: p.amount_minor,
+                    },
+                ],
+            )
             .await
             .map_err(ledger_error)?;
             tx.commit().await.map_err(db)?;
-            Ok(json!({"amount_minor": p.amount_minor, "currency": p.currency,
-                      "already_booked": booked == Booked::Already}))
+            Ok(
+                json!({"amount_minor": p.amount_minor, "currency": p.currency,
+                      "already_booked": booked == Booked::Already}),
+            )
         }
         .boxed()
     }
@@ -143,7 +154,10 @@ impl Handler for Refund {
             let p: RefundPayload = payload(&job)?;
             let job_id = job.id.0;
             let (charge, amount) = reserve(&pool, &job, &p).await?;
-            match provider.refund(&job_id.to_string(), &charge.provider_charge_id, amount).await {
+            match provider
+                .refund(&job_id.to_string(), &charge.provider_charge_id, amount)
+                .await
+            {
                 Ok(refund) => {
                     sqlx::query(
                         "UPDATE payment_refunds SET status = 'succeeded', provider_refund_id = $2
@@ -154,12 +168,16 @@ impl Handler for Refund {
                     .execute(&pool)
                     .await
                     .map_err(db)?;
-                    Ok(json!({"provider_refund_id": refund.id, "amount_minor": amount,
-                              "currency": charge.currency}))
+                    Ok(
+                        json!({"provider_refund_id": refund.id, "amount_minor": amount,
+                              "currency": charge.currency}),
+                    )
                 }
                 Err(HandlerError::Permanent(reason)) => {
                     reverse(&pool, &job, &charge, amount).await?;
-                    Err(HandlerError::Permanent(format!("refund refused, reservation reversed: {reason}")))
+                    Err(HandlerError::Permanent(format!(
+                        "refund refused, reservation reversed: {reason}"
+                    )))
                 }
                 Err(retryable) => Err(retryable),
             }
@@ -169,7 +187,11 @@ impl Handler for Refund {
 }
 
 /// Reserves the refund in the ledger (once per job) and returns the charge and the amount.
-async fn reserve(pool: &PgPool, job: &JobContext, p: &RefundPayload) -> Result<(ChargeRow, i64), HandlerError> {
+async fn reserve(
+    pool: &PgPool,
+    job: &JobContext,
+    p: &RefundPayload,
+) -> Result<(ChargeRow, i64), HandlerError> {
     let mut tx = pool.begin().await.map_err(db)?;
     let charge: Option<ChargeRow> = sqlx::query_as(
         "SELECT account_id, provider_charge_id, amount_minor, refunded_minor, currency
@@ -189,10 +211,13 @@ async fn reserve(pool: &PgPool, job: &JobContext, p: &RefundPayload) -> Result<(
                 .await
                 .map_err(db)?;
         return Err(match state.as_deref() {
-            Some("dead" | "cancelled" | "succeeded") | None => {
-                HandlerError::Permanent(format!("charge job {} charged nothing to refund", p.charge_job_id))
+            Some("dead" | "cancelled" | "succeeded") | None => HandlerError::Permanent(format!(
+                "charge job {} charged nothing to refund",
+                p.charge_job_id
+            )),
+            Some(state) => {
+                HandlerError::retryable(format!("charge job {} is still {state}", p.charge_job_id))
             }
-            Some(state) => HandlerError::retryable(format!("charge job {} is still {state}", p.charge_job_id)),
         });
     };
     let existing: Option<(i64, String)> =
@@ -203,12 +228,16 @@ async fn reserve(pool: &PgPool, job: &JobContext, p: &RefundPayload) -> Result<(
             .map_err(db)?;
     let amount = match existing {
         Some((amount, status)) if status == "failed" => {
-            return Err(HandlerError::Permanent(format!("refund of {amount} was refused by the provider")));
+            return Err(HandlerError::Permanent(format!(
+                "refund of {amount} was refused by the provider"
+            )));
         }
         // Reserved by an earlier run: go on to (re)ask the provider, idempotently.
         Some((amount, _)) => amount,
         None => {
-            let amount = p.amount_minor.unwrap_or(charge.amount_minor - charge.refunded_minor);
+            let amount = p
+                .amount_minor
+                .unwrap_or(charge.amount_minor - charge.refunded_minor);
             if amount <= 0 || amount > charge.amount_minor - charge.refunded_minor {
                 return Err(HandlerError::Permanent(format!(
                     "cannot refund {amount}: {} of {} already refunded",
@@ -225,17 +254,35 @@ async fn reserve(pool: &PgPool, job: &JobContext, p: &RefundPayload) -> Result<(
             .execute(&mut *tx)
             .await
             .map_err(db)?;
-            sqlx::query("UPDATE payment_charges SET refunded_minor = refunded_minor + $2 WHERE job_id = $1")
-                .bind(p.charge_job_id)
-                .bind(amount)
-                .execute(&mut *tx)
+            sqlx::query(
+                "UPDATE payment_charges SET refunded_minor = refunded_minor + $2 WHERE job_id = $1",
+            )
+            .bind(p.charge_job_id)
+            .bind(amount)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+            let clearing = ledger::clearing_account(&mut tx, &job.tenant, &charge.currency)
                 .await
                 .map_err(db)?;
-            let clearing = ledger::clearing_account(&mut tx, &job.tenant, &charge.currency).await.map_err(db)?;
-            ledger::book(&mut tx, &job.tenant, job.id.0, &charge.currency, &[
-                Leg { name: "refund.customer", account: charge.account_id, amount_minor: -amount },
-                Leg { name: "refund.clearing", account: clearing, amount_minor: amount },
-            ])
+            ledger::book(
+                &mut tx,
+                &job.tenant,
+                job.id.0,
+                &charge.currency,
+                &[
+                    Leg {
+                        name: "refund.customer",
+                        account: charge.account_id,
+                        amount_minor: -amount,
+                    },
+                    Leg {
+                        name: "refund.clearing",
+                        account: clearing,
+                        amount_minor: amount,
+                    },
+                ],
+            )
             .await
             .map_err(ledger_error)?;
             amount
@@ -246,7 +293,12 @@ async fn reserve(pool: &PgPool, job: &JobContext, p: &RefundPayload) -> Result<(
 }
 
 /// The provider refused the refund for good: give the reservation back, once.
-async fn reverse(pool: &PgPool, job: &JobContext, charge: &ChargeRow, amount: i64) -> Result<(), HandlerError> {
+async fn reverse(
+    pool: &PgPool,
+    job: &JobContext,
+    charge: &ChargeRow,
+    amount: i64,
+) -> Result<(), HandlerError> {
     let mut tx = pool.begin().await.map_err(db)?;
     let refund: Option<Uuid> = sqlx::query_scalar(
         "UPDATE payment_refunds SET status = 'failed' WHERE job_id = $1 AND status = 'reserved'
@@ -257,17 +309,35 @@ async fn reverse(pool: &PgPool, job: &JobContext, charge: &ChargeRow, amount: i6
     .await
     .map_err(db)?;
     if let Some(charge_job_id) = refund {
-        sqlx::query("UPDATE payment_charges SET refunded_minor = refunded_minor - $2 WHERE job_id = $1")
-            .bind(charge_job_id)
-            .bind(amount)
-            .execute(&mut *tx)
+        sqlx::query(
+            "UPDATE payment_charges SET refunded_minor = refunded_minor - $2 WHERE job_id = $1",
+        )
+        .bind(charge_job_id)
+        .bind(amount)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        let clearing = ledger::clearing_account(&mut tx, &job.tenant, &charge.currency)
             .await
             .map_err(db)?;
-        let clearing = ledger::clearing_account(&mut tx, &job.tenant, &charge.currency).await.map_err(db)?;
-        ledger::book(&mut tx, &job.tenant, job.id.0, &charge.currency, &[
-            Leg { name: "refund.reversal.customer", account: charge.account_id, amount_minor: amount },
-            Leg { name: "refund.reversal.clearing", account: clearing, amount_minor: -amount },
-        ])
+        ledger::book(
+            &mut tx,
+            &job.tenant,
+            job.id.0,
+            &charge.currency,
+            &[
+                Leg {
+                    name: "refund.reversal.customer",
+                    account: charge.account_id,
+                    amount_minor: amount,
+                },
+                Leg {
+                    name: "refund.reversal.clearing",
+                    account: clearing,
+                    amount_minor: -amount,
+                },
+            ],
+        )
         .await
         .map_err(ledger_error)?;
     }
