@@ -57,6 +57,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         config.reaper_interval,
         shutdown.clone(),
     ));
+    crate::tls::install();
     let deps = Deps {
         pool: handler_pool,
         // One client for every outgoing call: connection pools and TLS sessions are shared.

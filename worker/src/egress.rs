@@ -145,6 +145,7 @@ impl Target {
         connect_timeout: Duration,
         timeout: Duration,
     ) -> reqwest::Result<reqwest::Client> {
+        crate::tls::install();
         let mut builder = reqwest::Client::builder()
             .redirect(redirect::Policy::none())
             .no_proxy()

@@ -37,6 +37,8 @@ pub mod retry;
 pub mod runner;
 /// Standard Webhooks signatures (HMAC-SHA256).
 pub mod signing;
+/// TLS for outgoing HTTPS: the process-wide rustls provider.
+pub mod tls;
 
 pub use app::run;
 pub use config::Config;

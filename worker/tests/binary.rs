@@ -50,6 +50,7 @@ struct Fixture {
 
 impl Fixture {
     async fn new() -> Self {
+        conveyor_worker::tls::install();
         let id = Uuid::new_v4().simple().to_string();
         let database = DatabaseConfig::with_url(format!("{PG}/conveyor_test_{id}"));
         let pool = db::connect_and_migrate(&database)

@@ -76,6 +76,7 @@ impl TestApp {
 
     pub async fn spawn_with(options: Options) -> Self {
         init_test_logging();
+        conveyor_worker::tls::install();
         let id = Uuid::new_v4().simple().to_string();
         let db_name = format!("conveyor_test_{id}");
         let database = DatabaseConfig::with_url(format!("{}/{db_name}", pg_server()));

@@ -30,11 +30,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The whole request, body included; well under the kind's default 60 s attempt timeout.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 const AGENT: &str = concat!("Conveyor-Webhooks/", env!("CARGO_PKG_VERSION"));
-/// Whether the HTTP client can speak TLS. The workspace builds reqwest without a TLS backend
-/// (none is chosen yet), so an https target fails permanently with a clear error instead of
-/// retrying a connection that cannot work. `tls_support_matches_the_build` fails once a backend
-/// is enabled: then set this to `true`.
-const TLS_SUPPORTED: bool = false;
 
 /// The `webhook.deliver` handler.
 pub struct Webhook {
@@ -93,12 +88,6 @@ async fn deliver(
         EgressError::Refused(_) => HandlerError::Permanent(e.to_string()),
         EgressError::Resolve { .. } => HandlerError::retryable(e.to_string()),
     })?;
-    if !TLS_SUPPORTED && target.url.scheme() == "https" {
-        return Err(HandlerError::Permanent(
-            "this worker is built without TLS support, so https webhook targets cannot be reached"
-                .into(),
-        ));
-    }
     let host = target.authority.as_str();
     if let Err(wait) = breakers.admit(host) {
         return Err(HandlerError::Retryable {
@@ -190,17 +179,15 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn tls_support_matches_the_build() {
+    async fn https_targets_can_be_reached() {
+        crate::tls::install();
+        // Nothing listens there: the request must fail at connecting, not for want of TLS.
         let error = reqwest::Client::new()
             .post("https://127.0.0.1:1/")
             .send()
             .await
             .unwrap_err();
         let text = response::describe(error);
-        assert_eq!(
-            !text.contains("scheme is not http"),
-            TLS_SUPPORTED,
-            "TLS_SUPPORTED is stale: {text}"
-        );
+        assert!(!text.contains("scheme is not http"), "{text}");
     }
 }
