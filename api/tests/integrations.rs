@@ -18,10 +18,10 @@ use axum::{
     extract::State,
     http::{HeaderMap, StatusCode as AxumStatus},
 };
-use conveyor_sandbox::{Application as Sandbox, Config as SandboxConfig, FaultConfig};
+use conveyor_sandbox::FaultConfig;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{Options, TestApp, eventually, problem};
+use support::{Options, Sandbox as Service, TestApp, eventually, problem, sandbox};
 use tokio_util::sync::CancellationToken;
 
 /// A test secret in the scheme's format (the Standard Webhooks docs' example key).
@@ -392,31 +392,6 @@ async fn bad_urls_and_events_are_refused_at_enqueue_naming_the_field() {
 
 // ---------------------------------------------------------------------------------------------
 // Analytics.
-
-struct Service {
-    addr: SocketAddr,
-    stop: CancellationToken,
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-async fn sandbox(faults: FaultConfig) -> Service {
-    let sandbox = Sandbox::bind(&SandboxConfig {
-        faults,
-        ..SandboxConfig::for_tests()
-    })
-    .await
-    .unwrap();
-    let addr = sandbox.local_addr().unwrap();
-    let stop = CancellationToken::new();
-    let stopped = stop.clone();
-    tokio::spawn(sandbox.run_until_stopped(async move { stopped.cancelled().await }));
-    Service { addr, stop }
-}
 
 async fn analytics_app(service: &Service, rps: u32, batch_size: usize) -> TestApp {
     let url = format!("http://{}", service.addr);

@@ -4,33 +4,13 @@
 
 mod support;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
-use conveyor_sandbox::{Application as Sandbox, Config as SandboxConfig, FaultConfig};
+use conveyor_sandbox::FaultConfig;
 use conveyor_shared::keys::Scope;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{Options, TestApp, problem};
-use tokio_util::sync::CancellationToken;
-
-struct Provider {
-    addr: SocketAddr,
-    stop: CancellationToken,
-}
-
-async fn provider(faults: FaultConfig) -> Provider {
-    let sandbox = Sandbox::bind(&SandboxConfig {
-        faults,
-        ..SandboxConfig::for_tests()
-    })
-    .await
-    .unwrap();
-    let addr = sandbox.local_addr().unwrap();
-    let stop = CancellationToken::new();
-    let stopped = stop.clone();
-    tokio::spawn(sandbox.run_until_stopped(async move { stopped.cancelled().await }));
-    Provider { addr, stop }
-}
+use support::{Options, Sandbox as Provider, TestApp, problem, sandbox as provider};
 
 async fn app_with(provider: &Provider) -> TestApp {
     let url = format!("http://{}", provider.addr);

@@ -370,3 +370,29 @@ pub async fn problem(r: Response, status: StatusCode, code: &str) -> Value {
     }
     body
 }
+
+/// A sandbox (payment and analytics stand-ins) on a free port, stopped when dropped.
+pub struct Sandbox {
+    pub addr: SocketAddr,
+    pub stop: CancellationToken,
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Starts a sandbox with `faults`.
+pub async fn sandbox(faults: conveyor_sandbox::FaultConfig) -> Sandbox {
+    let app = conveyor_sandbox::Application::bind(&conveyor_sandbox::Config {
+        faults,
+        ..conveyor_sandbox::Config::for_tests()
+    })
+    .await
+    .unwrap();
+    let addr = app.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(app.run_until_stopped(stop.clone().cancelled_owned()));
+    Sandbox { addr, stop }
+}
