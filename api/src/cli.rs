@@ -3,6 +3,7 @@
 use clap::Subcommand;
 use conveyor_shared::{
     db,
+    job::retention,
     keys::{ApiKey, Scope},
 };
 
@@ -30,9 +31,58 @@ pub enum KeysCommand {
     Revoke { id: uuid::Uuid },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// Retry every dead job matching the filters, with a fresh attempt budget.
+    RetryDead {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        queue: Option<String>,
+        #[arg(long)]
+        kind: Option<String>,
+    },
+    /// Delete succeeded and cancelled jobs (and dead ones with --include-dead) that finished
+    /// more than N days ago.
+    Purge {
+        #[arg(long, value_name = "N")]
+        older_than_days: u32,
+        #[arg(long)]
+        include_dead: bool,
+    },
+}
+
 fn parse_scope(s: &str) -> Result<Scope, String> {
     Scope::parse(s)
         .ok_or_else(|| format!("unknown scope {s:?}; use jobs:write, jobs:read or admin"))
+}
+
+pub async fn jobs(config: &Config, command: JobsCommand) -> anyhow::Result<()> {
+    let pool = db::connect_and_migrate(&config.database).await?;
+    match command {
+        JobsCommand::RetryDead {
+            tenant,
+            queue,
+            kind,
+        } => {
+            let filter = retention::DeadFilter {
+                tenant,
+                queue,
+                kind,
+            };
+            let n = retention::retry_dead(&pool, &filter).await?;
+            println!("retried {n} dead jobs");
+        }
+        JobsCommand::Purge {
+            older_than_days,
+            include_dead,
+        } => {
+            let cutoff = chrono::Utc::now() - chrono::Duration::days(older_than_days.into());
+            let n = retention::purge_finished(&pool, cutoff, include_dead, 5_000).await?;
+            println!("deleted {n} jobs finished before {cutoff}");
+        }
+    }
+    Ok(())
 }
 
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {

@@ -11,6 +11,7 @@ use conveyor_shared::{
     enqueue::{EnqueueError, FieldError},
     job::control::TransitionError,
     keys::Scope,
+    schedule::ScheduleError,
 };
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -39,6 +40,8 @@ pub enum ApiError {
     NotCancellable(JobState),
     #[error("the job is {0}; only dead or cancelled jobs can be retried")]
     NotRetryable(JobState),
+    #[error("this tenant already has a schedule named {0:?}")]
+    ScheduleNameTaken(String),
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
 }
@@ -99,6 +102,11 @@ impl ApiError {
                 "job_not_retryable",
                 "Job not retryable",
             ),
+            ScheduleNameTaken(_) => (
+                StatusCode::CONFLICT,
+                "schedule_name_taken",
+                "Schedule name taken",
+            ),
             Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal_error",
@@ -124,6 +132,16 @@ impl From<EnqueueError> for ApiError {
         match e {
             EnqueueError::IdempotencyConflict => Self::IdempotencyConflict,
             EnqueueError::Database(e) => e.into(),
+        }
+    }
+}
+
+impl From<ScheduleError> for ApiError {
+    fn from(e: ScheduleError) -> Self {
+        match e {
+            ScheduleError::NotFound => Self::NotFound("schedule"),
+            ScheduleError::NameTaken(name) => Self::ScheduleNameTaken(name),
+            ScheduleError::Database(e) => e.into(),
         }
     }
 }

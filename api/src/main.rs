@@ -13,6 +13,9 @@ enum Cli {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(cli::KeysCommand),
+    /// Operate on jobs in bulk: retry dead ones, purge old finished ones.
+    #[command(subcommand)]
+    Jobs(cli::JobsCommand),
     /// Ask this api's /readyz (CONVEYOR_API_ADDR); exit 0 when ready.
     Healthcheck,
 }
@@ -33,6 +36,7 @@ async fn main() -> anyhow::Result<()> {
         }),
         Cli::Migrate => cli::migrate(&config).await,
         Cli::Keys(command) => cli::keys(&config, command).await,
+        Cli::Jobs(command) => cli::jobs(&config, command).await,
         Cli::Serve => {
             telemetry::init_logging();
             tracing::info!(?config, "starting api");

@@ -7,7 +7,7 @@ use utoipa::{
 
 use crate::{
     error::Problem,
-    routes::{accounts, jobs},
+    routes::{accounts, jobs, queues},
 };
 
 #[derive(OpenApi)]
@@ -20,8 +20,15 @@ use crate::{
         jobs::list,
         jobs::cancel,
         jobs::retry,
+        crate::routes::schedules::create,
+        crate::routes::schedules::list,
+        crate::routes::schedules::get,
+        crate::routes::schedules::update,
+        crate::routes::schedules::delete,
         accounts::create,
-        accounts::get
+        accounts::get,
+        queues::list,
+        queues::get
     ),
     components(schemas(
         conveyor_shared::Job,
@@ -34,12 +41,25 @@ use crate::{
         conveyor_shared::ledger::Account,
         conveyor_shared::ledger::Entry,
         accounts::CreateAccount,
+        conveyor_shared::schedule::Schedule,
+        conveyor_shared::schedule::JobTemplate,
+        conveyor_shared::schedule::Misfire,
+        conveyor_shared::schedule::CreateSchedule,
+        conveyor_shared::schedule::UpdateSchedule,
+        crate::routes::schedules::ScheduleList,
+        queues::QueueList,
+        queues::QueueView,
+        conveyor_shared::job::stats::StateCounts,
+        conveyor_shared::job::stats::Throughput,
+        conveyor_shared::job::stats::Percentiles,
         Problem,
     )),
     modifiers(&BearerAuth),
     tags(
         (name = "jobs", description = "Enqueue, inspect, cancel and retry jobs"),
-        (name = "accounts", description = "Ledger accounts moved by payment and transfer jobs")
+        (name = "schedules", description = "Cron schedules: one job per tick, in a time zone"),
+        (name = "accounts", description = "Ledger accounts moved by payment and transfer jobs"),
+        (name = "queues", description = "Per-queue counts, backlog, throughput and latency for operators")
     )
 )]
 pub struct ApiDoc;

@@ -10,7 +10,9 @@ use axum::{
     response::Response,
     routing::{get, post},
 };
-use conveyor_shared::{db, enqueue, health::Health, keys::ApiKey, probe, relay::Relay};
+use conveyor_shared::{
+    broker::Inspector, db, enqueue, health::Health, keys::ApiKey, probe, relay::Relay,
+};
 use secrecy::ExposeSecret;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -23,6 +25,8 @@ use crate::{config::Config, routes};
 pub struct AppState {
     pub pool: PgPool,
     pub limits: Arc<Limits>,
+    /// RabbitMQ's view of the queues, for `/v1/queues`.
+    pub inspector: Arc<Inspector>,
 }
 
 #[derive(Debug)]
@@ -57,6 +61,7 @@ impl Application {
                 max_body_bytes: config.max_body_bytes,
                 max_batch_body_bytes: config.max_batch_body_bytes,
             }),
+            inspector: Arc::new(Inspector::new(config.broker.clone())),
         };
         let relay = config.run_relay.then(|| Relay {
             pool: pool.clone(),
@@ -111,9 +116,24 @@ pub fn router(state: AppState, health: Health) -> Router {
         .route("/v1/jobs/{id}", get(routes::jobs::get))
         .route("/v1/jobs/{id}/cancel", post(routes::jobs::cancel))
         .route("/v1/jobs/{id}/retry", post(routes::jobs::retry))
+        .route(
+            "/v1/schedules",
+            post(routes::schedules::create).get(routes::schedules::list),
+        )
+        .route(
+            "/v1/schedules/{id}",
+            get(routes::schedules::get)
+                .patch(routes::schedules::update)
+                .delete(routes::schedules::delete),
+        )
+        .route("/v1/queues", get(routes::queues::list))
+        .route("/v1/queues/{name}", get(routes::queues::get))
         .route("/v1/accounts", post(routes::accounts::create))
         .route("/v1/accounts/{id}", get(routes::accounts::get))
         .route("/openapi.json", get(routes::meta::openapi))
+        .route("/", get(routes::dashboard::index))
+        .route("/dashboard.js", get(routes::dashboard::script))
+        .route("/dashboard.css", get(routes::dashboard::style))
         .with_state(state);
     api.merge(probe::router(health))
         .layer(middleware::from_fn(http_metrics))

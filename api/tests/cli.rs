@@ -2,7 +2,10 @@
 
 mod support;
 
-use std::process::{Command, Output};
+use std::{
+    process::{Command, Output},
+    time::Duration,
+};
 
 use reqwest::StatusCode;
 use serde_json::json;
@@ -183,5 +186,72 @@ async fn migrate_creates_a_missing_database() {
     .execute(&admin)
     .await
     .unwrap();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn dead_jobs_are_retried_in_bulk_and_old_finished_jobs_purged() {
+    let app = TestApp::spawn().await;
+    let mut dead = Vec::new();
+    for _ in 0..3 {
+        dead.push(
+            app.enqueue(json!({"kind": "noop", "payload": {"fail_times": 1}, "max_attempts": 1}))
+                .await,
+        );
+    }
+    for id in &dead {
+        app.wait_for_state(id, "dead", Duration::from_secs(10))
+            .await;
+    }
+    let out = conveyor_api(&app, &["jobs", "retry-dead", "--queue", "transactions"]).await;
+    assert!(out.status.success());
+    assert!(
+        stdout(&out).contains("retried 0 dead jobs"),
+        "{}",
+        stdout(&out)
+    );
+    let out = conveyor_api(&app, &["jobs", "retry-dead", "--queue", "default"]).await;
+    assert!(
+        stdout(&out).contains("retried 3 dead jobs"),
+        "{}",
+        stdout(&out)
+    );
+    for id in &dead {
+        let job = app
+            .wait_for_state(id, "succeeded", Duration::from_secs(10))
+            .await;
+        assert_eq!(job["attempts"], 2);
+    }
+
+    // Age two of them past the retention cutoff; a dead one is kept unless asked.
+    let dead_old = app
+        .enqueue(json!({"kind": "noop", "payload": {"fail_permanently": true}}))
+        .await;
+    app.wait_for_state(&dead_old, "dead", Duration::from_secs(10))
+        .await;
+    sqlx::query(
+        "UPDATE jobs SET finished_at = now() - interval '40 days' WHERE id::text = ANY($1)",
+    )
+    .bind(vec![dead[0].clone(), dead[1].clone(), dead_old.clone()])
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let out = conveyor_api(&app, &["jobs", "purge", "--older-than-days", "30"]).await;
+    assert!(stdout(&out).contains("deleted 2 jobs"), "{}", stdout(&out));
+    for (id, status) in [
+        (&dead[0], 404),
+        (&dead[1], 404),
+        (&dead[2], 200),
+        (&dead_old, 200),
+    ] {
+        let r = app.get_as(&app.token, &format!("/v1/jobs/{id}")).await;
+        assert_eq!(r.status().as_u16(), status, "job {id}");
+    }
+    let out = conveyor_api(
+        &app,
+        &["jobs", "purge", "--older-than-days", "30", "--include-dead"],
+    )
+    .await;
+    assert!(stdout(&out).contains("deleted 1 jobs"), "{}", stdout(&out));
     app.stop().await;
 }

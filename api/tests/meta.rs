@@ -8,7 +8,7 @@ mod support;
 
 use std::{net::SocketAddr, time::Duration};
 
-use conveyor_shared::{config::DatabaseConfig, probe, relay::RelayConfig};
+use conveyor_shared::{config::DatabaseConfig, probe};
 use reqwest::{StatusCode, header};
 use serde_json::{Value, json};
 use support::{Options, TestApp, eventually, noop};
@@ -276,18 +276,14 @@ async fn the_scheduler_serves_probes_and_stops_on_cancel() {
     .await;
     let addr = free_addr();
     let config = conveyor_scheduler::Config {
-        database: DatabaseConfig::with_url(format!(
-            "postgres://postgres@127.0.0.1:5432/{}",
-            app.db_name
-        )),
-        broker: app.broker.clone(),
         addr,
-        queues: vec![
-            "default".into(),
-            "transactions".into(),
-            "integrations".into(),
-        ],
-        relay: RelayConfig::default(),
+        ..conveyor_scheduler::Config::defaults(
+            DatabaseConfig::with_url(format!(
+                "postgres://postgres@127.0.0.1:5432/{}",
+                app.db_name
+            )),
+            app.broker.clone(),
+        )
     };
     let shutdown = CancellationToken::new();
     let scheduler = tokio::spawn(conveyor_scheduler::run(config, shutdown.clone()));

@@ -9,7 +9,7 @@
 //! auto-recovery is not used: after recovery lapin redelivers in-flight messages anyway, and a
 //! fresh connection keeps the code path single and testable (cut a proxy, watch it come back).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lapin::{
     Channel, Connection, ConnectionProperties,
@@ -18,6 +18,7 @@ use lapin::{
 };
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
 
 use crate::{config::BrokerConfig, job::JobId};
 
@@ -79,6 +80,131 @@ pub async fn declare_queues(
             .await?;
     }
     Ok(())
+}
+
+/// What RabbitMQ says about one of its queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueDepth {
+    /// Messages ready for delivery (not counting those delivered and not yet acked).
+    pub ready: u32,
+    pub consumers: u32,
+}
+
+/// Reads queue depths with passive declares over one lazily opened connection, for the
+/// statistics endpoints. Never blocks a caller for long: every broker call has a short
+/// timeout, and after a failure the broker is not asked again for a while (callers get `None`).
+pub struct Inspector {
+    config: BrokerConfig,
+    state: Mutex<InspectorState>,
+}
+
+#[derive(Default)]
+struct InspectorState {
+    session: Option<(Connection, Channel)>,
+    failed_at: Option<Instant>,
+}
+
+impl Inspector {
+    /// How long one broker call may take before the answer is "unknown".
+    const TIMEOUT: Duration = Duration::from_secs(1);
+    /// How long to stop asking after a failure, so a dead broker costs nothing per request.
+    const QUIET_AFTER_FAILURE: Duration = Duration::from_secs(2);
+
+    pub fn new(config: BrokerConfig) -> Self {
+        Self {
+            config,
+            state: Mutex::new(InspectorState::default()),
+        }
+    }
+
+    /// Depths of the RabbitMQ queues carrying `queues`, in order; `None` when RabbitMQ cannot
+    /// be asked right now. A missing queue (not declared yet) reads as empty with no consumers.
+    pub async fn depths(&self, queues: &[String]) -> Option<Vec<QueueDepth>> {
+        let mut state = self.state.lock().await;
+        if state
+            .failed_at
+            .is_some_and(|t| t.elapsed() < Self::QUIET_AFTER_FAILURE)
+        {
+            return None;
+        }
+        match tokio::time::timeout(Self::TIMEOUT * 3, self.ask(&mut state, queues)).await {
+            Ok(Ok(depths)) => {
+                state.failed_at = None;
+                Some(depths)
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "cannot read queue depths from RabbitMQ");
+                state.session = None;
+                state.failed_at = Some(Instant::now());
+                None
+            }
+            Err(_) => {
+                tracing::debug!("reading queue depths from RabbitMQ timed out");
+                state.session = None;
+                state.failed_at = Some(Instant::now());
+                None
+            }
+        }
+    }
+
+    async fn ask(
+        &self,
+        state: &mut InspectorState,
+        queues: &[String],
+    ) -> lapin::Result<Vec<QueueDepth>> {
+        let mut depths = Vec::with_capacity(queues.len());
+        for queue in queues {
+            let channel = self.channel(state).await?;
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            let name = queue_name(&self.config, queue);
+            match channel
+                .queue_declare(name.into(), passive, FieldTable::default())
+                .await
+            {
+                Ok(q) => depths.push(QueueDepth {
+                    ready: q.message_count(),
+                    consumers: q.consumer_count(),
+                }),
+                // A passive declare of a missing queue (not declared yet) fails and closes
+                // the channel; with the connection still up, that is all it means.
+                Err(e) => {
+                    let Some((connection, _)) = &state.session else {
+                        return Err(e);
+                    };
+                    if !connection.status().connected() {
+                        return Err(e);
+                    }
+                    let fresh = connection.create_channel().await?;
+                    if let Some(session) = state.session.as_mut() {
+                        session.1 = fresh;
+                    }
+                    depths.push(QueueDepth {
+                        ready: 0,
+                        consumers: 0,
+                    });
+                }
+            }
+        }
+        Ok(depths)
+    }
+
+    /// The open channel, connecting first if needed.
+    async fn channel(&self, state: &mut InspectorState) -> lapin::Result<Channel> {
+        if let Some((connection, channel)) = &state.session
+            && connection.status().connected()
+            && channel.status().connected()
+        {
+            return Ok(channel.clone());
+        }
+        state.session = None;
+        let connection = connect(&self.config, "inspector").await?;
+        let channel = connection.create_channel().await?;
+        state.session = Some((connection, channel.clone()));
+        Ok(channel)
+    }
 }
 
 /// Exponential backoff for reconnect loops: doubles from `min` up to `max`.

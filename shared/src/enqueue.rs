@@ -81,6 +81,12 @@ pub struct NewJob {
     pub run_at: DateTime<Utc>,
     pub max_attempts: i32,
     pub timeout_secs: i32,
+    /// Set on jobs the scheduler emits: the schedule and the cron instant. Postgres holds at
+    /// most one job per (schedule_id, tick); a second insert of the same tick is dropped.
+    pub schedule_id: Option<Uuid>,
+    pub tick: Option<DateTime<Utc>>,
+    /// The W3C `traceparent` the job was enqueued with (the api sets it from the header).
+    pub traceparent: Option<crate::trace::TraceParent>,
 }
 
 /// What the deployment accepts.
@@ -176,6 +182,9 @@ impl EnqueueRequest {
                 priority,
                 run_at,
                 max_attempts,
+                schedule_id: None,
+                tick: None,
+                traceparent: None,
             }),
             _ => Err(errors),
         }
@@ -330,27 +339,42 @@ pub async fn enqueue(
             ));
         }
     }
-    let created = insert_jobs(&mut tx, tenant, &jobs).await?;
-    if jobs.iter().any(|j| j.run_at <= Utc::now()) {
+    let created = insert(&mut tx, tenant, &jobs).await?;
+    tx.commit().await?;
+    count_enqueued(&created);
+    Ok(Enqueued::Created(created))
+}
+
+/// The one way jobs enter Postgres (the api's enqueue and the scheduler's ticks): inserts
+/// `jobs` inside the caller's transaction and wakes the relays when any is due. Returns the
+/// stored rows in request order; a scheduled tick that already has its job is left out.
+/// Call [`count_enqueued`] with the rows once the transaction committed.
+pub async fn insert(
+    tx: &mut sqlx::PgConnection,
+    tenant: &str,
+    jobs: &[NewJob],
+) -> sqlx::Result<Vec<Job>> {
+    let created = insert_jobs(&mut *tx, tenant, jobs).await?;
+    if created.iter().any(|j| j.run_at <= Utc::now()) {
         sqlx::query("SELECT pg_notify($1, '')")
             .bind(OUTBOX_CHANNEL)
             .execute(&mut *tx)
             .await?;
     }
-    tx.commit().await?;
-    metrics_for(&jobs);
-    Ok(Enqueued::Created(created))
+    Ok(created)
 }
 
-fn metrics_for(jobs: &[NewJob]) {
+/// Counts committed new jobs in `conveyor_jobs_enqueued_total`.
+pub fn count_enqueued(jobs: &[Job]) {
     for job in jobs {
-        metrics::counter!("conveyor_jobs_enqueued_total", "kind" => job.kind.name(), "queue" => job.queue.clone())
+        metrics::counter!("conveyor_jobs_enqueued_total", "kind" => job.kind.clone(), "queue" => job.queue.clone())
             .increment(1);
     }
 }
 
 /// One multi-row INSERT for the whole batch (arrays through `unnest`), returning rows in
-/// request order.
+/// request order. `ON CONFLICT` only ever fires for scheduled ticks (`jobs_schedule_tick` is a
+/// partial unique index over rows with a schedule_id), so api jobs are never dropped.
 async fn insert_jobs(
     tx: &mut sqlx::PgConnection,
     tenant: &str,
@@ -376,14 +400,23 @@ async fn insert_jobs(
     let max_attempts: Vec<i32> = jobs.iter().map(|j| j.max_attempts).collect();
     let timeouts: Vec<i32> = jobs.iter().map(|j| j.timeout_secs).collect();
     let run_ats: Vec<DateTime<Utc>> = jobs.iter().map(|j| j.run_at).collect();
+    let schedule_ids: Vec<Option<Uuid>> = jobs.iter().map(|j| j.schedule_id).collect();
+    let ticks: Vec<Option<DateTime<Utc>>> = jobs.iter().map(|j| j.tick).collect();
+    let traceparents: Vec<Option<&str>> = jobs
+        .iter()
+        .map(|j| j.traceparent.as_ref().map(|t| t.as_str()))
+        .collect();
     let mut rows: Vec<Job> = sqlx::query_as(
         "INSERT INTO jobs (id, tenant, kind, queue, state, payload, priority, max_attempts,
-                           timeout_secs, run_at)
+                           timeout_secs, run_at, schedule_id, tick, traceparent)
          SELECT id, $2, kind, queue, state::job_state, payload, priority, max_attempts,
-                timeout_secs, run_at
+                timeout_secs, run_at, schedule_id, tick, traceparent
          FROM unnest($1::uuid[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::int2[],
-                     $8::int4[], $9::int4[], $10::timestamptz[])
-              AS t(id, kind, queue, state, payload, priority, max_attempts, timeout_secs, run_at)
+                     $8::int4[], $9::int4[], $10::timestamptz[], $11::uuid[], $12::timestamptz[],
+                     $13::text[])
+              AS t(id, kind, queue, state, payload, priority, max_attempts, timeout_secs, run_at,
+                   schedule_id, tick, traceparent)
+         ON CONFLICT (schedule_id, tick) WHERE schedule_id IS NOT NULL DO NOTHING
          RETURNING *",
     )
     .bind(&ids)
@@ -396,6 +429,9 @@ async fn insert_jobs(
     .bind(&max_attempts)
     .bind(&timeouts)
     .bind(&run_ats)
+    .bind(&schedule_ids)
+    .bind(&ticks)
+    .bind(&traceparents)
     .fetch_all(&mut *tx)
     .await?;
     let position: std::collections::HashMap<Uuid, usize> =

@@ -30,10 +30,14 @@ pub mod outbox;
 pub mod probe;
 /// The transactional outbox relay: publishes due jobs from Postgres to RabbitMQ.
 pub mod relay;
+/// Cron schedules: validation, time zones and DST, misfire plans, and their queries.
+pub mod schedule;
 /// Turning SIGTERM / SIGINT into one cancellation token.
 pub mod shutdown;
 /// Logging and Prometheus metrics setup.
 pub mod telemetry;
+/// W3C `traceparent` carried from enqueue to the worker's outgoing calls.
+pub mod trace;
 
 pub use job::{Job, JobId, JobState};
 pub use kind::JobKind;

@@ -31,12 +31,14 @@ pub struct DueJob {
     pub id: JobId,
     pub kind: String,
     pub queue: String,
+    /// Sent as the `traceparent` message header when present.
+    pub traceparent: Option<String>,
 }
 
 /// Locks up to `limit` due, unpublished jobs: higher priority first, then oldest due first.
 pub async fn fetch_due(tx: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<DueJob>> {
     sqlx::query_as(
-        "SELECT id, kind, queue FROM jobs
+        "SELECT id, kind, queue, traceparent FROM jobs
          WHERE published_at IS NULL
            AND state = 'queued'
            AND run_at <= now()

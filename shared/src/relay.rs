@@ -8,7 +8,11 @@
 
 use std::time::{Duration, Instant};
 
-use lapin::{BasicProperties, Channel, Connection, options::*};
+use lapin::{
+    BasicProperties, Channel, Connection,
+    options::*,
+    types::{AMQPValue, FieldTable},
+};
 use sqlx::{PgPool, postgres::PgListener};
 use tokio_util::sync::CancellationToken;
 
@@ -16,7 +20,7 @@ use crate::{
     broker::{self, Backoff, JobMessage},
     config::{self, BrokerConfig, ConfigError},
     health::Health,
-    outbox,
+    outbox, trace,
 };
 
 /// The Postgres NOTIFY channel that wakes relays when jobs become due.
@@ -197,11 +201,19 @@ impl Relay {
                 kind: job.kind.clone(),
             })
             .expect("a JobMessage always serialises");
-            let props = BasicProperties::default()
+            let mut props = BasicProperties::default()
                 .with_delivery_mode(2)
                 .with_content_type("application/json".into())
                 .with_message_id(job.id.to_string().into())
                 .with_type(job.kind.clone().into());
+            if let Some(traceparent) = &job.traceparent {
+                let mut headers = FieldTable::default();
+                headers.insert(
+                    trace::HEADER.into(),
+                    AMQPValue::LongString(traceparent.clone().into()),
+                );
+                props = props.with_headers(headers);
+            }
             let queue = broker::queue_name(&self.broker, &job.queue);
             let confirm = channel
                 .basic_publish(

@@ -52,6 +52,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         config.lease,
         renew_stop.clone(),
     ));
+    let retention = tokio::spawn(crate::retention::retention_loop(
+        pool.clone(),
+        config.retention_days,
+        shutdown.clone(),
+    ));
     let reaper = tokio::spawn(lease::reaper_loop(
         pool.clone(),
         config.reaper_interval,
@@ -75,7 +80,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     };
     consumer.run(shutdown).await;
     renew_stop.cancel();
-    let _ = tokio::join!(renew, reaper);
+    let _ = tokio::join!(renew, reaper, retention);
     probe_shutdown.cancel();
     let _ = probe.await;
     Ok(())

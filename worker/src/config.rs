@@ -30,6 +30,8 @@ pub struct Config {
     pub lease: Duration,
     /// How often expired leases are swept.
     pub reaper_interval: Duration,
+    /// Succeeded and cancelled jobs are deleted this many days after finishing (0: never).
+    pub retention_days: u32,
     /// The payment provider's base URL (`CONVEYOR_PAYMENT_URL`; the sandbox by default).
     pub payment_url: String,
     /// `CONVEYOR_PAYMENT_API_KEY`, sent as a bearer token; never logged.
@@ -75,6 +77,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(30),
             lease: Duration::from_secs(30),
             reaper_interval: Duration::from_secs(5),
+            retention_days: 30,
             payment_url: "http://127.0.0.1:8090".into(),
             payment_api_key: None,
             analytics_url: "http://127.0.0.1:8090".into(),
@@ -114,6 +117,7 @@ impl Config {
                 "CONVEYOR_REAPER_INTERVAL_MS",
                 d.reaper_interval.as_millis() as u64,
             )?,
+            retention_days: config::parse_or("CONVEYOR_RETENTION_DAYS", d.retention_days)?,
             payment_url: config::var_or("CONVEYOR_PAYMENT_URL", &d.payment_url),
             payment_api_key: std::env::var("CONVEYOR_PAYMENT_API_KEY")
                 .ok()

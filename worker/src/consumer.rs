@@ -18,6 +18,7 @@ use conveyor_shared::{
     broker::{self, Backoff, JobMessage},
     health::Health,
     job::lifecycle,
+    trace,
 };
 use futures_util::{FutureExt, StreamExt, stream::SelectAll};
 use lapin::{
@@ -27,7 +28,7 @@ use lapin::{
         BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
         BasicRejectOptions,
     },
-    types::FieldTable,
+    types::{AMQPValue, FieldTable},
 };
 use sqlx::PgPool;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -309,7 +310,7 @@ impl Consumer {
             }
         };
         for (msg, delivery, permit) in decoded {
-            let Some(job) = claimed.remove(&msg.id) else {
+            let Some(mut job) = claimed.remove(&msg.id) else {
                 if unknown.contains(&msg.id) {
                     tracing::error!(job_id = %msg.id, kind = %msg.kind, "message names no known job; dead-lettering");
                     metrics::counter!("conveyor_poison_messages_total", "reason" => "unknown_job")
@@ -326,6 +327,11 @@ impl Consumer {
                 completer::ack(&delivery.acker, msg.id).await;
                 continue;
             };
+            // The message header is how the trace travels; the stored copy covers messages
+            // published before the header existed.
+            if let Some(traceparent) = header_traceparent(&delivery) {
+                job.traceparent = Some(traceparent);
+            }
             let this = Arc::clone(self);
             let done = done.clone();
             let abandon = abandon.clone();
@@ -340,5 +346,15 @@ impl Consumer {
                 drop(permit);
             });
         }
+    }
+}
+
+/// The `traceparent` message header, if the relay set one.
+fn header_traceparent(delivery: &Delivery) -> Option<String> {
+    let headers = delivery.properties.headers().as_ref()?;
+    match headers.inner().get(trace::HEADER)? {
+        AMQPValue::LongString(s) => Some(s.to_string()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
     }
 }

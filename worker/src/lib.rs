@@ -31,6 +31,8 @@ pub mod lease;
 pub mod provider;
 /// Reading external services' answers: status classes, `Retry-After`, capped bodies.
 pub mod response;
+/// Automatic deletion of old finished jobs.
+pub mod retention;
 /// Retry delays: exponential backoff with full jitter.
 pub mod retry;
 /// Runs one claimed job: timeout, panic capture, outcome classification.

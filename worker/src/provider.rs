@@ -1,6 +1,8 @@
 //! The payment provider's HTTP API (the sandbox locally): charges and refunds, each sent with an
 //! `Idempotency-Key` so that a retried call returns the original result instead of charging again.
 //!
+//! Calls carry the job's `traceparent` (W3C Trace Context) when it was enqueued with one.
+//!
 //! Errors are classified here, once: declines (402) and other 4xx are permanent; 429 is
 //! retryable after `Retry-After`; 5xx, timeouts and connection failures are retryable.
 
@@ -9,6 +11,8 @@ use std::time::Duration;
 use reqwest::{Response, StatusCode, header::RETRY_AFTER};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
+
+use conveyor_shared::trace::{self, TraceParent};
 
 use crate::handlers::HandlerError;
 
@@ -52,6 +56,7 @@ impl PaymentProvider {
         amount_minor: i64,
         currency: &str,
         source: Option<&str>,
+        traceparent: Option<&TraceParent>,
     ) -> Result<ProviderObject, HandlerError> {
         let body = ChargeRequest {
             amount_minor,
@@ -59,7 +64,7 @@ impl PaymentProvider {
             reference: idempotency_key,
             source,
         };
-        self.post("/payments/v1/charges", idempotency_key, &body)
+        self.post("/payments/v1/charges", idempotency_key, &body, traceparent)
             .await
     }
 
@@ -69,12 +74,13 @@ impl PaymentProvider {
         idempotency_key: &str,
         charge_id: &str,
         amount_minor: i64,
+        traceparent: Option<&TraceParent>,
     ) -> Result<ProviderObject, HandlerError> {
         let body = RefundRequest {
             charge_id,
             amount_minor,
         };
-        self.post("/payments/v1/refunds", idempotency_key, &body)
+        self.post("/payments/v1/refunds", idempotency_key, &body, traceparent)
             .await
     }
 
@@ -83,6 +89,7 @@ impl PaymentProvider {
         path: &str,
         key: &str,
         body: &B,
+        traceparent: Option<&TraceParent>,
     ) -> Result<ProviderObject, HandlerError> {
         let url = format!("{}{path}", self.base_url.trim_end_matches('/'));
         let mut request = self
@@ -92,6 +99,9 @@ impl PaymentProvider {
             .json(body);
         if let Some(api_key) = &self.api_key {
             request = request.bearer_auth(api_key.expose_secret());
+        }
+        if let Some(traceparent) = traceparent {
+            request = request.header(trace::HEADER, traceparent.as_str());
         }
         let response = request.send().await.map_err(|e| {
             HandlerError::retryable(format!("payment provider unreachable: {}", without_url(e)))

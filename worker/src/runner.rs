@@ -10,6 +10,7 @@ use chrono::Utc;
 use conveyor_shared::{
     Job, JobState,
     job::lifecycle::{Completion, Outcome},
+    trace::TraceParent,
 };
 use tracing::Instrument;
 
@@ -20,7 +21,11 @@ use crate::{
 
 /// Runs `job` (already claimed: `attempts` is this attempt's number) and says how it ended.
 pub async fn run_job(registry: &Registry, job: &Job, retry: &RetryPolicy) -> Completion {
-    let span = tracing::info_span!("job.run", job_id = %job.id, kind = %job.kind, queue = %job.queue, attempt = job.attempts);
+    let traceparent = job.traceparent.as_deref().and_then(TraceParent::parse);
+    let span = tracing::info_span!("job.run", job_id = %job.id, kind = %job.kind, queue = %job.queue, attempt = job.attempts, trace_id = tracing::field::Empty);
+    if let Some(tp) = &traceparent {
+        span.record("trace_id", tracing::field::display(tp.trace_id()));
+    }
     async {
         let started = Instant::now();
         if let Some(started_at) = job.started_at {
@@ -31,7 +36,7 @@ pub async fn run_job(registry: &Registry, job: &Job, retry: &RetryPolicy) -> Com
         metrics::counter!("conveyor_jobs_started_total", "kind" => job.kind.clone(), "queue" => job.queue.clone())
             .increment(1);
         tracing::info!("job started");
-        let ended = execute(registry, job).await;
+        let ended = execute(registry, job, traceparent.map(|tp| tp.child())).await;
         let completion = classify(job, ended, retry);
         let elapsed = started.elapsed();
         let outcome = completion.outcome.as_str();
@@ -64,7 +69,7 @@ enum Ended {
     TimedOut(Duration),
 }
 
-async fn execute(registry: &Registry, job: &Job) -> Ended {
+async fn execute(registry: &Registry, job: &Job, traceparent: Option<TraceParent>) -> Ended {
     let Some(handler) = registry.get(&job.kind) else {
         return Ended::Failed(HandlerError::Permanent(format!(
             "this worker has no handler for kind {:?}",
@@ -77,6 +82,7 @@ async fn execute(registry: &Registry, job: &Job) -> Ended {
         kind: job.kind.clone(),
         attempt: job.attempts,
         payload: job.payload.clone(),
+        traceparent,
     };
     let limit = Duration::from_secs(job.timeout_secs.max(1) as u64);
     let mut task = tokio::spawn(handler.run(ctx).in_current_span());

@@ -15,6 +15,7 @@ use conveyor_shared::{
     job::{JobFilter, control},
     keys::Scope,
     ledger,
+    trace::{self, TraceParent},
 };
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -38,7 +39,10 @@ pub struct JobList {
 #[utoipa::path(
     post, path = "/v1/jobs", tag = "jobs",
     request_body = EnqueueRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Replays of the same key and body return the original job")),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "Replays of the same key and body return the original job"),
+        ("traceparent" = Option<String>, Header, description = "W3C Trace Context; stored with the job, sent to the worker in the message headers and on its outgoing calls"),
+    ),
     responses(
         (status = 201, description = "Created", body = Job),
         (status = 200, description = "Idempotent replay: the original job", body = Job),
@@ -60,9 +64,10 @@ pub async fn create(
     let principal = caller.require(Scope::JobsWrite)?;
     let idem = idempotency_key(&headers)?;
     let (req, raw): (EnqueueRequest, _) = body::json(request, state.limits.max_body_bytes).await?;
-    let job = req
+    let mut job = req
         .validate(&state.limits.enqueue, "", Utc::now())
         .map_err(ApiError::Validation)?;
+    job.traceparent = traceparent(&headers);
     check_references(
         &state,
         &principal.tenant,
@@ -93,7 +98,10 @@ pub async fn create(
 #[utoipa::path(
     post, path = "/v1/jobs/batch", tag = "jobs",
     request_body = BatchRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Replays of the same key and body return the original jobs")),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "Replays of the same key and body return the original jobs"),
+        ("traceparent" = Option<String>, Header, description = "W3C Trace Context, applied to every job of the batch"),
+    ),
     responses(
         (status = 201, description = "Created, in request order", body = JobList),
         (status = 200, description = "Idempotent replay", body = JobList),
@@ -124,9 +132,13 @@ pub async fn create_batch(
     if !positional.is_empty() {
         return Err(ApiError::Validation(positional));
     }
-    let jobs = req
+    let mut jobs = req
         .validate(&state.limits.enqueue, Utc::now())
         .map_err(ApiError::Validation)?;
+    let trace = traceparent(&headers);
+    for job in &mut jobs {
+        job.traceparent = trace.clone();
+    }
     check_references(&state, &principal.tenant, &jobs, |i| format!("jobs[{i}].")).await?;
     let idem = idem.map(|k| IdempotencyKey::new(k, "batch", &raw));
     let (status, jobs) = match enqueue::enqueue(&state.pool, &principal.tenant, jobs, idem).await? {
@@ -326,6 +338,15 @@ async fn check_references(
     } else {
         Err(ApiError::Validation(errors))
     }
+}
+
+/// The `traceparent` header (W3C Trace Context), if present and valid. An invalid one is
+/// ignored, not refused: the specification asks receivers to restart the trace instead.
+fn traceparent(headers: &HeaderMap) -> Option<TraceParent> {
+    headers
+        .get(trace::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse)
 }
 
 /// The Idempotency-Key header, if any: 1 to 255 visible ASCII characters.

@@ -24,7 +24,7 @@ use uuid::Uuid;
 pub const PG_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
-fn pg_server() -> String {
+pub fn pg_server() -> String {
     std::env::var("CONVEYOR_TEST_PG").unwrap_or_else(|_| PG_SERVER.into())
 }
 

@@ -2,11 +2,14 @@
 //!
 //! Every state change is one SQL statement guarded by `WHERE state = ...`, so races between
 //! relays, workers and the API are decided by Postgres, not by code that reads then writes.
-//! Claims and completions live in [`lifecycle`]; cancel and retry by hand in [`control`].
+//! Claims and completions live in [`lifecycle`]; cancel and retry by hand in [`control`];
+//! per-queue figures for operators in [`stats`].
 
 pub mod control;
 pub mod lease;
 pub mod lifecycle;
+pub mod retention;
+pub mod stats;
 
 use std::fmt;
 
@@ -149,6 +152,9 @@ pub struct Job {
     pub schedule_id: Option<Uuid>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tick: Option<DateTime<Utc>>,
+    /// The W3C `traceparent` the job was enqueued with; carried to the worker.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
     #[serde(skip)]
     pub published_at: Option<DateTime<Utc>>,
     #[serde(skip)]

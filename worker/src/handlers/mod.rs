@@ -24,6 +24,9 @@ pub struct JobContext {
     /// 1 for the first attempt.
     pub attempt: i32,
     pub payload: serde_json::Value,
+    /// The job's trace with a parent id of this attempt's own: send it as `traceparent` on
+    /// outgoing calls.
+    pub traceparent: Option<conveyor_shared::trace::TraceParent>,
 }
 
 /// How a handler failed.

@@ -55,7 +55,7 @@ impl Handler for Charge {
             Account::check(&pool, &job.tenant, p.account_id, &p.currency).await.map_err(ledger_error)?;
 
             let charge = provider
-                .charge(&job_id.to_string(), p.amount_minor, &p.currency, p.source.as_deref())
+                .charge(&job_id.to_string(), p.amount_minor, &p.currency, p.source.as_deref(), job.traceparent.as_ref())
                 .await?;
 
             let mut tx = pool.begin().await.map_err(db)?;
@@ -155,7 +155,12 @@ impl Handler for Refund {
             let job_id = job.id.0;
             let (charge, amount) = reserve(&pool, &job, &p).await?;
             match provider
-                .refund(&job_id.to_string(), &charge.provider_charge_id, amount)
+                .refund(
+                    &job_id.to_string(),
+                    &charge.provider_charge_id,
+                    amount,
+                    job.traceparent.as_ref(),
+                )
                 .await
             {
                 Ok(refund) => {

@@ -116,16 +116,17 @@ async fn deliver(
                 response::describe(e)
             ))
         })?;
-    let sent = client
+    let mut request = client
         .post(target.url.clone())
         .header(CONTENT_TYPE, "application/json")
         .header(USER_AGENT, AGENT)
         .header("webhook-id", &id)
         .header("webhook-timestamp", timestamp.to_string())
-        .header("webhook-signature", signature)
-        .body(body)
-        .send()
-        .await;
+        .header("webhook-signature", signature);
+    if let Some(traceparent) = &job.traceparent {
+        request = request.header(conveyor_shared::trace::HEADER, traceparent.as_str());
+    }
+    let sent = request.body(body).send().await;
     let answer = match sent {
         Ok(answer) => answer,
         Err(e) => {

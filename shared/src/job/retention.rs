@@ -1,0 +1,83 @@
+//! Operator bulk actions and retention: retry every dead job matching a filter, and delete
+//! finished jobs older than a cutoff so the jobs table does not grow forever.
+//!
+//! Deletion runs in bounded batches (`FOR UPDATE SKIP LOCKED`), so it never holds many locks at
+//! once and several processes may run it together. Attempts go with their job (`ON DELETE
+//! CASCADE`); ledger entries and provider records do not reference jobs and are kept.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+use crate::relay::OUTBOX_CHANNEL;
+
+/// Which dead jobs to retry; `None` matches everything.
+#[derive(Debug, Default, Clone)]
+pub struct DeadFilter {
+    pub tenant: Option<String>,
+    pub queue: Option<String>,
+    pub kind: Option<String>,
+}
+
+/// Retries every dead job matching `filter` with a fresh attempt budget; returns how many.
+pub async fn retry_dead(pool: &PgPool, filter: &DeadFilter) -> sqlx::Result<u64> {
+    let mut tx = pool.begin().await?;
+    let n = sqlx::query(
+        "UPDATE jobs SET state = 'queued', attempts_base = attempts, run_at = now(),
+                published_at = NULL, finished_at = NULL, result = NULL, updated_at = now()
+         WHERE state = 'dead'
+           AND ($1::text IS NULL OR tenant = $1)
+           AND ($2::text IS NULL OR queue = $2)
+           AND ($3::text IS NULL OR kind = $3)",
+    )
+    .bind(&filter.tenant)
+    .bind(&filter.queue)
+    .bind(&filter.kind)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if n > 0 {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(OUTBOX_CHANNEL)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(n)
+}
+
+/// Deletes jobs that finished before `cutoff` (succeeded and cancelled; dead ones too when
+/// `include_dead`), `batch` at a time; returns how many were deleted. Idempotency keys older
+/// than the cutoff go too, since the jobs they point at may be gone.
+pub async fn purge_finished(
+    pool: &PgPool,
+    cutoff: DateTime<Utc>,
+    include_dead: bool,
+    batch: i64,
+) -> sqlx::Result<u64> {
+    let mut total = 0;
+    loop {
+        let n = sqlx::query(
+            "DELETE FROM jobs WHERE id IN (
+                 SELECT id FROM jobs
+                 WHERE finished_at < $1
+                   AND (state IN ('succeeded', 'cancelled') OR ($2 AND state = 'dead'))
+                 LIMIT $3
+                 FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(cutoff)
+        .bind(include_dead)
+        .bind(batch)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        total += n;
+        if (n as i64) < batch {
+            break;
+        }
+    }
+    sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
+        .bind(cutoff)
+        .execute(pool)
+        .await?;
+    Ok(total)
+}
