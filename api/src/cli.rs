@@ -3,7 +3,7 @@
 use clap::Subcommand;
 use conveyor_shared::{
     db,
-    job::retention,
+    job::{retention, stats::QueueStats},
     keys::{ApiKey, Scope},
 };
 
@@ -42,6 +42,12 @@ pub enum JobsCommand {
         #[arg(long)]
         kind: Option<String>,
     },
+    /// Show one job of a tenant, with its attempts log, as JSON.
+    Show {
+        id: conveyor_shared::JobId,
+        #[arg(long, default_value = "default")]
+        tenant: String,
+    },
     /// Delete succeeded and cancelled jobs (and dead ones with --include-dead) that finished
     /// more than N days ago.
     Purge {
@@ -73,6 +79,12 @@ pub async fn jobs(config: &Config, command: JobsCommand) -> anyhow::Result<()> {
             let n = retention::retry_dead(&pool, &filter).await?;
             println!("retried {n} dead jobs");
         }
+        JobsCommand::Show { id, tenant } => {
+            let job = conveyor_shared::Job::get(&pool, &tenant, id)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no job {id} for tenant {tenant}"))?;
+            println!("{}", serde_json::to_string_pretty(&job)?);
+        }
         JobsCommand::Purge {
             older_than_days,
             include_dead,
@@ -81,6 +93,41 @@ pub async fn jobs(config: &Config, command: JobsCommand) -> anyhow::Result<()> {
             let n = retention::purge_finished(&pool, cutoff, include_dead, 5_000).await?;
             println!("deleted {n} jobs finished before {cutoff}");
         }
+    }
+    Ok(())
+}
+
+/// `conveyor-api queues`: the statistics of every configured queue for a tenant (Postgres only).
+pub async fn queues(config: &Config, tenant: &str) -> anyhow::Result<()> {
+    let pool = db::connect_and_migrate(&config.database).await?;
+    let stats = QueueStats::load(&pool, tenant, &config.queues).await?;
+    println!(
+        "{:<14} {:>8} {:>8} {:>8} {:>9} {:>8} {:>10} {:>10} {:>12}",
+        "QUEUE",
+        "BACKLOG",
+        "RUNNING",
+        "RETRYING",
+        "SUCCEEDED",
+        "DEAD",
+        "DONE/1MIN",
+        "WAIT P95",
+        "OLDEST WAIT"
+    );
+    for queue in &config.queues {
+        let s = stats.get(queue).cloned().unwrap_or_default();
+        let secs = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.3}s"));
+        println!(
+            "{:<14} {:>8} {:>8} {:>8} {:>9} {:>8} {:>10} {:>10} {:>12}",
+            queue,
+            s.backlog,
+            s.counts.running,
+            s.counts.retrying,
+            s.counts.succeeded,
+            s.counts.dead,
+            s.throughput.finished_1m,
+            secs(s.queue_wait_seconds.p95),
+            secs(s.oldest_waiting_age_seconds),
+        );
     }
     Ok(())
 }

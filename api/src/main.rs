@@ -13,7 +13,12 @@ enum Cli {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(cli::KeysCommand),
-    /// Operate on jobs in bulk: retry dead ones, purge old finished ones.
+    /// Per-queue statistics of a tenant: backlog, states, throughput, latency.
+    Queues {
+        #[arg(long, default_value = "default")]
+        tenant: String,
+    },
+    /// Inspect a job, or operate on jobs in bulk: retry dead ones, purge old finished ones.
     #[command(subcommand)]
     Jobs(cli::JobsCommand),
     /// Ask this api's /readyz (CONVEYOR_API_ADDR); exit 0 when ready.
@@ -37,6 +42,7 @@ async fn main() -> anyhow::Result<()> {
         Cli::Migrate => cli::migrate(&config).await,
         Cli::Keys(command) => cli::keys(&config, command).await,
         Cli::Jobs(command) => cli::jobs(&config, command).await,
+        Cli::Queues { tenant } => cli::queues(&config, &tenant).await,
         Cli::Serve => {
             telemetry::init_logging();
             tracing::info!(?config, "starting api");

@@ -83,6 +83,28 @@ async fn enqueue_survives_a_broker_outage_and_jobs_run_when_it_returns() {
         "jobs wait in Postgres, unpublished, while the broker is away"
     );
 
+    // The relay reports its backlog while it cannot publish.
+    let backlog = eventually(Duration::from_secs(15), || async {
+        let page = app
+            .client
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        page.lines()
+            .find(|l| l.starts_with("conveyor_relay_backlog "))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .filter(|n| *n >= 30.0)
+    })
+    .await;
+    assert!(
+        backlog.is_some(),
+        "conveyor_relay_backlog should show the 30 waiting jobs"
+    );
+
     proxy.restore();
     for id in &ids {
         app.wait_for_state(id, "succeeded", Duration::from_secs(20))

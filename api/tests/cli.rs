@@ -203,6 +203,21 @@ async fn dead_jobs_are_retried_in_bulk_and_old_finished_jobs_purged() {
         app.wait_for_state(id, "dead", Duration::from_secs(10))
             .await;
     }
+    let out = conveyor_api(&app, &["queues"]).await;
+    let table = stdout(&out);
+    let default_row = table
+        .lines()
+        .find(|l| l.starts_with("default"))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert_eq!(
+        default_row.split_whitespace().nth(5),
+        Some("3"),
+        "3 dead in default:\n{table}"
+    );
+    let out = conveyor_api(&app, &["jobs", "show", &dead[0]]).await;
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["state"], "dead");
+    assert_eq!(shown["attempts_log"][0]["outcome"], "failed");
     let out = conveyor_api(&app, &["jobs", "retry-dead", "--queue", "transactions"]).await;
     assert!(out.status.success());
     assert!(

@@ -63,3 +63,15 @@ pub async fn mark_published(tx: &mut PgConnection, ids: &[JobId]) -> sqlx::Resul
     .await?;
     Ok(())
 }
+
+/// How many due jobs wait to be published: the relay's backlog (grows while RabbitMQ is away).
+pub async fn count_due(db: impl sqlx::PgExecutor<'_>) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM jobs
+         WHERE published_at IS NULL
+           AND state IN ('scheduled', 'queued', 'retrying')
+           AND run_at <= now()",
+    )
+    .fetch_one(db)
+    .await
+}

@@ -90,6 +90,7 @@ impl Relay {
     /// Runs until `shutdown` is cancelled. Never returns early: broker and database failures
     /// are logged and retried.
     pub async fn run(self, shutdown: CancellationToken) {
+        let backlog = tokio::spawn(report_backlog(self.pool.clone(), shutdown.clone()));
         let mut backoff = Backoff::new(self.broker.reconnect_min, self.broker.reconnect_max);
         while !shutdown.is_cancelled() {
             let session = match self.open().await {
@@ -115,6 +116,7 @@ impl Relay {
                 Err(e) => tracing::warn!(error = %e, "relay lost RabbitMQ; reconnecting"),
             }
         }
+        let _ = backlog.await;
         tracing::info!("relay stopped");
     }
 
@@ -254,5 +256,21 @@ impl Relay {
             "published batch"
         );
         Ok(due.len())
+    }
+}
+
+/// Every few seconds, sets `conveyor_relay_backlog` to the number of due jobs not yet
+/// published, whether or not RabbitMQ is reachable (that is when it matters most).
+async fn report_backlog(pool: PgPool, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        if let Ok(n) = outbox::count_due(&pool).await {
+            metrics::gauge!("conveyor_relay_backlog").set(n as f64);
+        }
     }
 }
