@@ -51,3 +51,10 @@ if ! amqp_up; then
 else
   echo "RabbitMQ is up"
 fi
+
+# The management plugin answers the unacked counts of GET /v1/queues (and serves the UI on
+# 15672); enabling it is idempotent and takes effect without a restart.
+if command -v rabbitmq-plugins >/dev/null 2>&1; then
+  $SUDO rabbitmq-plugins enable --quiet rabbitmq_management >/dev/null 2>&1 || \
+    echo "warning: could not enable rabbitmq_management; unacked counts will be null" >&2
+fi

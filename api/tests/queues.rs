@@ -239,3 +239,27 @@ async fn broker_figures_are_null_when_rabbitmq_is_unreachable() {
     .expect("broker figures never came back after RabbitMQ did");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn unacked_counts_the_deliveries_workers_hold() {
+    // Needs RabbitMQ's management plugin (scripts/ensure-services.sh enables it).
+    let app = TestApp::spawn().await;
+    for _ in 0..3 {
+        app.enqueue(json!({"kind": "noop", "payload": {"sleep_ms": 20000}}))
+            .await;
+    }
+    // The management API refreshes its figures every few seconds: poll.
+    let seen = eventually(Duration::from_secs(18), || async {
+        let q = queue(&app, "default").await;
+        (q["unacked"].as_u64()? >= 3).then_some(q)
+    })
+    .await;
+    let Some(q) = seen else {
+        panic!(
+            "unacked never reached 3: {:#}",
+            queue(&app, "default").await
+        );
+    };
+    assert!(q["unacked"].as_u64().unwrap() >= q["counts"]["running"].as_u64().unwrap());
+    app.stop().await;
+}

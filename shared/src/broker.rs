@@ -88,6 +88,8 @@ pub struct QueueDepth {
     /// Messages ready for delivery (not counting those delivered and not yet acked).
     pub ready: u32,
     pub consumers: u32,
+    /// Delivered and not yet acked; `None` without RabbitMQ's management API.
+    pub unacked: Option<u32>,
 }
 
 /// Reads queue depths with passive declares over one lazily opened connection, for the
@@ -96,6 +98,7 @@ pub struct QueueDepth {
 pub struct Inspector {
     config: BrokerConfig,
     state: Mutex<InspectorState>,
+    management: Option<crate::management::ManagementApi>,
 }
 
 #[derive(Default)]
@@ -112,6 +115,7 @@ impl Inspector {
 
     pub fn new(config: BrokerConfig) -> Self {
         Self {
+            management: crate::management::ManagementApi::from_config(&config),
             config,
             state: Mutex::new(InspectorState::default()),
         }
@@ -128,8 +132,16 @@ impl Inspector {
             return None;
         }
         match tokio::time::timeout(Self::TIMEOUT * 3, self.ask(&mut state, queues)).await {
-            Ok(Ok(depths)) => {
+            Ok(Ok(mut depths)) => {
                 state.failed_at = None;
+                if let Some(api) = &self.management {
+                    let names: Vec<String> = queues.iter().map(|q| queue_name(&self.config, q)).collect();
+                    if let Some(unacked) = api.unacked(&names).await {
+                        for (depth, n) in depths.iter_mut().zip(unacked) {
+                            depth.unacked = Some(n);
+                        }
+                    }
+                }
                 Some(depths)
             }
             Ok(Err(e)) => {
@@ -167,6 +179,7 @@ impl Inspector {
                 Ok(q) => depths.push(QueueDepth {
                     ready: q.message_count(),
                     consumers: q.consumer_count(),
+                    unacked: None,
                 }),
                 // A passive declare of a missing queue (not declared yet) fails and closes
                 // the channel; with the connection still up, that is all it means.
@@ -184,6 +197,7 @@ impl Inspector {
                     depths.push(QueueDepth {
                         ready: 0,
                         consumers: 0,
+                        unacked: None,
                     });
                 }
             }

@@ -89,10 +89,14 @@ pub struct BrokerConfig {
     /// Delay before reconnecting after the broker went away, doubled up to `reconnect_max`.
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+    /// RabbitMQ's management API (`CONVEYOR_RABBITMQ_MANAGEMENT_URL`), for unacked counts;
+    /// `None` when set empty.
+    pub management_url: Option<String>,
 }
 
 impl BrokerConfig {
     pub const DEFAULT_URL: &'static str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+    pub const DEFAULT_MANAGEMENT_URL: &'static str = "http://127.0.0.1:15672";
 
     pub fn from_env() -> Result<Self, ConfigError> {
         let queue_type = var_or("CONVEYOR_QUEUE_TYPE", "quorum");
@@ -108,6 +112,11 @@ impl BrokerConfig {
             queue_type,
             reconnect_min: millis_or("CONVEYOR_RECONNECT_MIN_MS", 200)?,
             reconnect_max: millis_or("CONVEYOR_RECONNECT_MAX_MS", 5_000)?,
+            management_url: match std::env::var("CONVEYOR_RABBITMQ_MANAGEMENT_URL") {
+                Ok(v) if v.trim().is_empty() => None,
+                Ok(v) => Some(v.trim().to_owned()),
+                Err(_) => Some(Self::DEFAULT_MANAGEMENT_URL.to_owned()),
+            },
         })
     }
 
@@ -118,6 +127,7 @@ impl BrokerConfig {
             queue_type: "quorum".into(),
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(2),
+            management_url: Some(Self::DEFAULT_MANAGEMENT_URL.to_owned()),
         }
     }
 }

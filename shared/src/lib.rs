@@ -34,6 +34,10 @@ pub mod relay;
 pub mod schedule;
 /// Turning SIGTERM / SIGINT into one cancellation token.
 pub mod shutdown;
+/// RabbitMQ's management API: unacked counts for the queue statistics.
+pub mod management;
+/// TLS for outgoing HTTPS: the process-wide rustls provider.
+pub mod tls;
 /// Logging and Prometheus metrics setup.
 pub mod telemetry;
 /// W3C `traceparent` carried from enqueue to the worker's outgoing calls.

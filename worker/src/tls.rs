@@ -1,8 +1,3 @@
-//! TLS for outgoing HTTPS (payment provider, analytics, webhooks): rustls with the ring crypto
-//! provider and the platform's trust store. The provider is process-wide and must be installed
-//! before the first HTTP client is built.
+//! TLS for outgoing HTTPS; see `conveyor_shared::tls`.
 
-/// Installs the ring provider; later calls (and a provider installed by someone else) are fine.
-pub fn install() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
+pub use conveyor_shared::tls::install;

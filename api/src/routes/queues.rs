@@ -39,6 +39,9 @@ pub struct QueueView {
     pub ready: Option<u32>,
     /// Consumers (worker channels) on the RabbitMQ queue; null when RabbitMQ is unreachable.
     pub consumers: Option<u32>,
+    /// Messages delivered to workers and not yet acked (all tenants); null when RabbitMQ's
+    /// management API (`CONVEYOR_RABBITMQ_MANAGEMENT_URL`) cannot be asked.
+    pub unacked: Option<u32>,
 }
 
 impl QueueView {
@@ -54,6 +57,7 @@ impl QueueView {
             run_seconds: stats.run_seconds,
             ready: depth.map(|d| d.ready),
             consumers: depth.map(|d| d.consumers),
+            unacked: depth.and_then(|d| d.unacked),
         }
     }
 }
