@@ -1,24 +1,63 @@
 //! `Authorization: Bearer <token>` → the calling key's tenant and scopes.
 //!
-//! Handlers take [`Caller`] as their first argument (so authentication runs before the body is
-//! read) and call [`Caller::require`] for the scope they need.
+//! Handlers take [`Caller`] as their first argument (so authentication, and the key's rate
+//! limit, run before the body is read) and call [`Caller::require`] for the scope they need.
 
-use axum::{extract::FromRequestParts, http::request::Parts};
-use conveyor_shared::keys::{ApiKey, Principal, Scope};
+use std::net::SocketAddr;
+
+use axum::{
+    extract::{ConnectInfo, FromRequestParts},
+    http::request::Parts,
+};
+use conveyor_shared::{
+    audit::{self, Action, Actor},
+    keys::{ApiKey, Principal, Scope},
+};
 
 use crate::{error::ApiError, startup::AppState};
 
-/// The authenticated caller.
+/// The authenticated caller, and where the request came from.
 #[derive(Debug, Clone)]
-pub struct Caller(pub Principal);
+pub struct Caller {
+    pub principal: Principal,
+    /// The TCP peer. `X-Forwarded-For` is not read: any client can set it, and no trusted
+    /// proxy setting exists yet. Behind a proxy this is the proxy's address.
+    pub remote: Option<SocketAddr>,
+}
 
 impl Caller {
     pub fn require(&self, scope: Scope) -> Result<&Principal, ApiError> {
-        if self.0.has(scope) {
-            Ok(&self.0)
+        if self.principal.has(scope) {
+            Ok(&self.principal)
         } else {
             Err(ApiError::Forbidden(scope))
         }
+    }
+
+    /// Records an administrative action by this caller in the audit trail.
+    pub async fn audit(
+        &self,
+        state: &AppState,
+        action: Action,
+        target: impl ToString,
+        detail: serde_json::Value,
+    ) -> Result<(), ApiError> {
+        let actor = Actor {
+            tenant: Some(self.principal.tenant.clone()),
+            key_id: Some(self.principal.key_id),
+            remote_addr: self
+                .remote
+                .map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string()),
+        };
+        audit::record(
+            &state.pool,
+            &actor,
+            action,
+            Some(target.to_string()),
+            detail,
+        )
+        .await?;
+        Ok(())
     }
 }
 
@@ -44,9 +83,17 @@ impl FromRequestParts<AppState> for Caller {
             .ok_or(ApiError::Unauthorized(
                 "Authorization header must be 'Bearer <token>'",
             ))?;
-        ApiKey::authenticate(&state.pool, token)
+        // The token is looked up by its SHA-256 digest, an indexed equality in Postgres: no
+        // secret is compared byte by byte here, so there is no timing to leak (a prefix match
+        // on the digest tells nothing about the token).
+        let principal = ApiKey::authenticate(&state.pool, token)
             .await?
-            .map(Caller)
-            .ok_or(ApiError::Unauthorized("unknown or revoked token"))
+            .ok_or(ApiError::Unauthorized("unknown or revoked token"))?;
+        state.rate_limit.check(principal.key_id)?;
+        let remote = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| *addr);
+        Ok(Caller { principal, remote })
     }
 }

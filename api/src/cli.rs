@@ -2,6 +2,7 @@
 
 use clap::Subcommand;
 use conveyor_shared::{
+    audit::{self, Action, Actor},
     db,
     job::{retention, stats::QueueStats},
     keys::{ApiKey, Scope},
@@ -71,12 +72,16 @@ pub async fn jobs(config: &Config, command: JobsCommand) -> anyhow::Result<()> {
             queue,
             kind,
         } => {
+            let detail = serde_json::json!({"queue": queue, "kind": kind});
+            let actor = Actor::cli(tenant.as_deref());
             let filter = retention::DeadFilter {
                 tenant,
                 queue,
                 kind,
             };
             let n = retention::retry_dead(&pool, &filter).await?;
+            let detail = serde_json::json!({"filter": detail, "retried": n});
+            audit::record(&pool, &actor, Action::JobsRetryDead, None, detail).await?;
             println!("retried {n} dead jobs");
         }
         JobsCommand::Show { id, tenant } => {
@@ -91,6 +96,10 @@ pub async fn jobs(config: &Config, command: JobsCommand) -> anyhow::Result<()> {
         } => {
             let cutoff = chrono::Utc::now() - chrono::Duration::days(older_than_days.into());
             let n = retention::purge_finished(&pool, cutoff, include_dead, 5_000).await?;
+            let detail = serde_json::json!({
+                "older_than_days": older_than_days, "include_dead": include_dead, "deleted": n,
+            });
+            audit::record(&pool, &Actor::cli(None), Action::JobsPurge, None, detail).await?;
             println!("deleted {n} jobs finished before {cutoff}");
         }
     }
@@ -147,6 +156,16 @@ pub async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
             name,
         } => {
             let (key, token) = ApiKey::create(&pool, &tenant, &name, &scopes).await?;
+            let detail = serde_json::json!({"name": key.name, "scopes": key.scopes});
+            let actor = Actor::cli(Some(&key.tenant));
+            audit::record(
+                &pool,
+                &actor,
+                Action::KeyCreate,
+                Some(key.id.to_string()),
+                detail,
+            )
+            .await?;
             println!("id:     {}", key.id);
             println!("tenant: {}", key.tenant);
             println!("scopes: {}", key.scopes.join(" "));
@@ -176,7 +195,17 @@ pub async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
             }
         }
         KeysCommand::Revoke { id } => {
-            if ApiKey::revoke(&pool, id).await? {
+            if let Some(tenant) = ApiKey::revoke(&pool, id).await? {
+                let actor = Actor::cli(Some(&tenant));
+                let target = Some(id.to_string());
+                audit::record(
+                    &pool,
+                    &actor,
+                    Action::KeyRevoke,
+                    target,
+                    serde_json::json!({}),
+                )
+                .await?;
                 println!("revoked {id}");
             } else {
                 anyhow::bail!("no active key with id {id}");

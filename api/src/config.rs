@@ -1,6 +1,6 @@
 //! The api's configuration, from the environment (defaults in ARCHITECTURE.md).
 
-use std::{fmt, net::SocketAddr};
+use std::{fmt, net::SocketAddr, time::Duration};
 
 use conveyor_shared::{
     config::{self, BrokerConfig, ConfigError, DatabaseConfig},
@@ -22,9 +22,23 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub max_batch_body_bytes: usize,
     pub max_batch_jobs: usize,
+    /// Largest `payload` of one job (in a batch too), as JSON.
+    pub max_payload_bytes: usize,
+    /// Requests per second per API key (`CONVEYOR_RATE_LIMIT_RPS`; 0 disables limits).
+    pub rate_limit_rps: u32,
+    /// Requests a key may send at once above its rate (`CONVEYOR_RATE_LIMIT_BURST`); a batch of N
+    /// jobs counts N, so this is also the largest batch a key can send.
+    pub rate_limit_burst: u32,
+    /// A request still unanswered after this is answered 503 (`CONVEYOR_REQUEST_TIMEOUT_MS`).
+    pub request_timeout: Duration,
     /// Run the outbox relay in this process (on by default; off lets tests hold jobs back).
     pub run_relay: bool,
 }
+
+pub const DEFAULT_RATE_LIMIT_RPS: u32 = 100;
+/// As large as the largest batch, so that one full batch passes when a key is idle.
+pub const DEFAULT_RATE_LIMIT_BURST: u32 = 1000;
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -47,6 +61,19 @@ impl Config {
                 16 * 1024 * 1024,
             )?,
             max_batch_jobs: config::parse_or("CONVEYOR_MAX_BATCH_JOBS", 1000)?,
+            max_payload_bytes: config::parse_or(
+                "CONVEYOR_MAX_PAYLOAD_BYTES",
+                conveyor_shared::enqueue::DEFAULT_MAX_PAYLOAD_BYTES,
+            )?,
+            rate_limit_rps: config::parse_or("CONVEYOR_RATE_LIMIT_RPS", DEFAULT_RATE_LIMIT_RPS)?,
+            rate_limit_burst: config::parse_or(
+                "CONVEYOR_RATE_LIMIT_BURST",
+                DEFAULT_RATE_LIMIT_BURST,
+            )?,
+            request_timeout: Duration::from_millis(config::parse_or(
+                "CONVEYOR_REQUEST_TIMEOUT_MS",
+                DEFAULT_REQUEST_TIMEOUT.as_millis() as u64,
+            )?),
             run_relay: config::parse_or("CONVEYOR_API_RELAY", true)?,
         })
     }
@@ -67,6 +94,10 @@ impl fmt::Debug for Config {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_batch_body_bytes", &self.max_batch_body_bytes)
             .field("max_batch_jobs", &self.max_batch_jobs)
+            .field("max_payload_bytes", &self.max_payload_bytes)
+            .field("rate_limit_rps", &self.rate_limit_rps)
+            .field("rate_limit_burst", &self.rate_limit_burst)
+            .field("request_timeout", &self.request_timeout)
             .field("run_relay", &self.run_relay)
             .finish()
     }

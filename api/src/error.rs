@@ -42,6 +42,10 @@ pub enum ApiError {
     NotRetryable(JobState),
     #[error("this tenant already has a schedule named {0:?}")]
     ScheduleNameTaken(String),
+    #[error("this key's request rate limit is exhausted; retry in {0} s")]
+    RateLimited(u64),
+    #[error("the request took longer than {0} ms")]
+    Timeout(u128),
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
 }
@@ -107,6 +111,16 @@ impl ApiError {
                 "schedule_name_taken",
                 "Schedule name taken",
             ),
+            RateLimited(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "Too many requests",
+            ),
+            Timeout(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                "Request timed out",
+            ),
             Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal_error",
@@ -124,6 +138,14 @@ impl ApiError {
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         Self::Internal(e.into())
+    }
+}
+
+/// A query string that does not fit the parameters (a repeated parameter, say): 422 like any
+/// other bad parameter, as a problem, instead of axum's plain-text 400.
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(e: axum::extract::rejection::QueryRejection) -> Self {
+        Self::field("query", e.body_text())
     }
 }
 
@@ -181,6 +203,10 @@ impl IntoResponse for ApiError {
             errors: None,
             request_id: None,
         };
+        let retry_after = match &self {
+            ApiError::RateLimited(secs) => Some(*secs),
+            _ => None,
+        };
         match self {
             ApiError::Validation(errors) => {
                 problem.detail = match errors.as_slice() {
@@ -202,6 +228,9 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let Some(secs) = retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }

@@ -1,13 +1,17 @@
 //! Building the api: database (created and migrated), bootstrap key, router, relay.
 //! `Application::build` binds the port, so tests can ask for port 0 and read the real one.
 
-use std::{net::SocketAddr, sync::Arc, time::Instant};
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use axum::{
     Router,
     extract::{MatchedPath, Request},
     middleware::{self, Next},
-    response::Response,
+    response::{IntoResponse, Response},
     routing::{get, post},
 };
 use conveyor_shared::{
@@ -18,7 +22,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
-use crate::{config::Config, routes};
+use crate::{config::Config, error::ApiError, ratelimit::RateLimiter, routes};
 
 /// What handlers share: the pool and the request limits. Nothing else.
 #[derive(Clone)]
@@ -27,6 +31,8 @@ pub struct AppState {
     pub limits: Arc<Limits>,
     /// RabbitMQ's view of the queues, for `/v1/queues`.
     pub inspector: Arc<Inspector>,
+    /// Per-key request budgets, charged by [`crate::auth::Caller`] (and per job by batches).
+    pub rate_limit: Arc<RateLimiter>,
 }
 
 #[derive(Debug)]
@@ -57,11 +63,16 @@ impl Application {
                 enqueue: enqueue::Limits {
                     queues: config.queues.clone(),
                     max_batch: config.max_batch_jobs,
+                    max_payload_bytes: config.max_payload_bytes,
                 },
                 max_body_bytes: config.max_body_bytes,
                 max_batch_body_bytes: config.max_batch_body_bytes,
             }),
             inspector: Arc::new(Inspector::new(config.broker.clone())),
+            rate_limit: Arc::new(RateLimiter::new(
+                config.rate_limit_rps,
+                config.rate_limit_burst,
+            )),
         };
         let relay = config.run_relay.then(|| Relay {
             pool: pool.clone(),
@@ -78,7 +89,7 @@ impl Application {
         let listener = tokio::net::TcpListener::bind(config.addr).await?;
         Ok(Self {
             listener,
-            router: router(state, health),
+            router: router(state, health, config.request_timeout),
             relay,
             pool,
         })
@@ -96,7 +107,11 @@ impl Application {
         let relay = self
             .relay
             .map(|relay| tokio::spawn(relay.run(shutdown.clone())));
-        axum::serve(self.listener, self.router)
+        // The peer address is what the audit trail records as "from where".
+        let service = self
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(self.listener, service)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await?;
         if let Some(relay) = relay {
@@ -106,7 +121,7 @@ impl Application {
     }
 }
 
-pub fn router(state: AppState, health: Health) -> Router {
+pub fn router(state: AppState, health: Health, request_timeout: Duration) -> Router {
     let api = Router::new()
         .route(
             "/v1/jobs",
@@ -130,12 +145,16 @@ pub fn router(state: AppState, health: Health) -> Router {
         .route("/v1/queues/{name}", get(routes::queues::get))
         .route("/v1/accounts", post(routes::accounts::create))
         .route("/v1/accounts/{id}", get(routes::accounts::get))
+        .route("/v1/audit", get(routes::audit::list))
         .route("/openapi.json", get(routes::meta::openapi))
         .route("/", get(routes::dashboard::index))
         .route("/dashboard.js", get(routes::dashboard::script))
         .route("/dashboard.css", get(routes::dashboard::style))
         .with_state(state);
     api.merge(probe::router(health))
+        .layer(middleware::from_fn(move |request, next| {
+            timeout(request_timeout, request, next)
+        }))
         .layer(middleware::from_fn(http_metrics))
         // 5xx answers (a 503 from /readyz during an outage included) are logged at WARN: the
         // cause is logged where it happens, at the level it deserves.
@@ -143,6 +162,16 @@ pub fn router(state: AppState, health: Health) -> Router {
             TraceLayer::new_for_http()
                 .on_failure(DefaultOnFailure::new().level(tracing::Level::WARN)),
         )
+}
+
+/// Answers 503 `timeout` (a problem, like every error) when the handler, or a client sending
+/// its body slowly, takes longer than `limit`; the handler's future is dropped, which rolls back
+/// an open transaction. tower-http's `TimeoutLayer` does the same race but answers an empty body.
+async fn timeout(limit: Duration, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Timeout(limit.as_millis()).into_response(),
+    }
 }
 
 /// Request count and latency by route template (never by raw path: ids would explode the labels).

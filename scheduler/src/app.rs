@@ -30,6 +30,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         limits: enqueue::Limits {
             queues: config.queues.clone(),
             max_batch: config.emitter.catchup_max,
+            // Templates were checked against the api's limit when the schedule was saved.
+            max_payload_bytes: usize::MAX,
         },
         config: config.emitter,
     };

@@ -135,7 +135,8 @@ impl Inspector {
             Ok(Ok(mut depths)) => {
                 state.failed_at = None;
                 if let Some(api) = &self.management {
-                    let names: Vec<String> = queues.iter().map(|q| queue_name(&self.config, q)).collect();
+                    let names: Vec<String> =
+                        queues.iter().map(|q| queue_name(&self.config, q)).collect();
                     if let Some(unacked) = api.unacked(&names).await {
                         for (depth, n) in depths.iter_mut().zip(unacked) {
                             depth.unacked = Some(n);

@@ -94,7 +94,13 @@ pub struct NewJob {
 pub struct Limits {
     pub queues: Vec<String>,
     pub max_batch: usize,
+    /// Largest `payload` of one job, as compact JSON (`CONVEYOR_MAX_PAYLOAD_BYTES`); applies to
+    /// every job of a batch and to schedule templates, so no route carries a bigger one.
+    pub max_payload_bytes: usize,
 }
+
+/// 64 KiB: jobs carry references and parameters, not documents.
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 64 * 1024;
 
 pub const DEFAULT_MAX_ATTEMPTS: i32 = 25;
 const MAX_SCHEDULE_AHEAD_DAYS: i64 = 366;
@@ -109,6 +115,17 @@ impl EnqueueRequest {
         now: DateTime<Utc>,
     ) -> Result<NewJob, Vec<FieldError>> {
         let mut errors = Vec::new();
+        let payload_bytes = serde_json::to_vec(&self.payload).map_or(usize::MAX, |v| v.len());
+        if payload_bytes > limits.max_payload_bytes {
+            // Checked first and alone: there is no point parsing a payload this large.
+            return Err(vec![FieldError::new(
+                format!("{prefix}payload"),
+                format!(
+                    "is {payload_bytes} bytes as JSON; at most {} are accepted",
+                    limits.max_payload_bytes
+                ),
+            )]);
+        }
         let kind = JobKind::parse(&self.kind, &self.payload, &format!("{prefix}payload"))
             .map_err(|e| errors.extend(e))
             .ok();
@@ -450,11 +467,29 @@ mod tests {
         Limits {
             queues: vec!["default".into(), "transactions".into()],
             max_batch: 3,
+            max_payload_bytes: 1024,
         }
     }
 
     fn req(v: serde_json::Value) -> EnqueueRequest {
         serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn payloads_over_the_limit_are_refused_by_name() {
+        let big = json!({"kind": "noop", "payload": {"pad": "x".repeat(1024)}});
+        let errs = req(big)
+            .validate(&limits(), "jobs[2].", Utc::now())
+            .unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].field, "jobs[2].payload");
+        assert!(
+            errs[0].message.contains("at most 1024"),
+            "{}",
+            errs[0].message
+        );
+        let fits = json!({"kind": "noop", "payload": {"sleep_ms": 1}});
+        assert!(req(fits).validate(&limits(), "", Utc::now()).is_ok());
     }
 
     #[test]

@@ -180,16 +180,15 @@ impl ApiKey {
         .await
     }
 
-    /// Revokes a key; false when no active key has this id.
-    pub async fn revoke(pool: &PgPool, id: Uuid) -> sqlx::Result<bool> {
-        let n = sqlx::query(
-            "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
+    /// Revokes a key; returns its tenant, or `None` when no active key has this id.
+    pub async fn revoke(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<String>> {
+        sqlx::query_scalar(
+            "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL
+             RETURNING tenant",
         )
         .bind(id)
-        .execute(pool)
-        .await?
-        .rows_affected();
-        Ok(n == 1)
+        .fetch_optional(pool)
+        .await
     }
 
     /// The principal behind a bearer token, if the token belongs to an active key.

@@ -3,6 +3,8 @@
 //! except the small probe server behind the `probe` feature.
 #![forbid(unsafe_code)]
 
+/// The audit trail of administrative actions: who, what, when, from where.
+pub mod audit;
 /// RabbitMQ: connection with backoff, queue topology, the message that carries a job.
 pub mod broker;
 /// Reading configuration from the environment, with the documented defaults.
@@ -23,6 +25,8 @@ pub mod keys;
 pub mod kind;
 /// The ledger: accounts and double-entry bookings, exactly once per job and leg.
 pub mod ledger;
+/// RabbitMQ's management API: unacked counts for the queue statistics.
+pub mod management;
 /// The outbox queries: which due jobs are published next.
 pub mod outbox;
 /// `/healthz`, `/readyz`, `/metrics` server and the `healthcheck` client every binary offers.
@@ -34,12 +38,10 @@ pub mod relay;
 pub mod schedule;
 /// Turning SIGTERM / SIGINT into one cancellation token.
 pub mod shutdown;
-/// RabbitMQ's management API: unacked counts for the queue statistics.
-pub mod management;
-/// TLS for outgoing HTTPS: the process-wide rustls provider.
-pub mod tls;
 /// Logging and Prometheus metrics setup.
 pub mod telemetry;
+/// TLS for outgoing HTTPS: the process-wide rustls provider.
+pub mod tls;
 /// W3C `traceparent` carried from enqueue to the worker's outgoing calls.
 pub mod trace;
 

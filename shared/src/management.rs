@@ -40,7 +40,10 @@ impl ManagementApi {
             v => decode(v),
         };
         crate::tls::install();
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(1)).build().ok()?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(1))
+            .build()
+            .ok()?;
         Some(Self {
             http,
             base: base.trim_end_matches('/').to_owned(),

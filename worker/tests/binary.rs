@@ -103,6 +103,7 @@ impl Fixture {
         let limits = Limits {
             queues: vec!["default".to_owned()],
             max_batch: 10,
+            max_payload_bytes: conveyor_shared::enqueue::DEFAULT_MAX_PAYLOAD_BYTES,
         };
         let req: EnqueueRequest = serde_json::from_value(body).unwrap();
         let job = req.validate(&limits, "", chrono::Utc::now()).unwrap();

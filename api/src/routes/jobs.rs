@@ -4,6 +4,7 @@
 
 use axum::{
     Json,
+    extract::rejection::QueryRejection,
     extract::{Path, Query, Request, State},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
@@ -11,6 +12,7 @@ use axum::{
 use chrono::Utc;
 use conveyor_shared::{
     Job, JobId, JobState,
+    audit::Action,
     enqueue::{self, BatchRequest, EnqueueRequest, Enqueued, FieldError, IdempotencyKey, NewJob},
     job::{JobFilter, control},
     keys::Scope,
@@ -18,6 +20,7 @@ use conveyor_shared::{
     trace::{self, TraceParent},
 };
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::{auth::Caller, body, error::ApiError, error::Problem, startup::AppState};
@@ -132,6 +135,13 @@ pub async fn create_batch(
     if !positional.is_empty() {
         return Err(ApiError::Validation(positional));
     }
+    // A batch of N costs N requests' worth of the key's budget (the request paid for one); an
+    // oversized batch is refused by validation below, with its own message.
+    if req.jobs.len() <= state.limits.enqueue.max_batch {
+        state
+            .rate_limit
+            .charge_extra(principal.key_id, req.jobs.len())?;
+    }
     let mut jobs = req
         .validate(&state.limits.enqueue, Utc::now())
         .map_err(ApiError::Validation)?;
@@ -198,6 +208,14 @@ pub async fn cancel(
 ) -> Result<Json<Job>, ApiError> {
     let principal = caller.require(Scope::JobsWrite)?;
     let job = control::cancel(&state.pool, &principal.tenant, job_id(&id)?).await?;
+    caller
+        .audit(
+            &state,
+            Action::JobCancel,
+            job.id,
+            json!({"queue": job.queue}),
+        )
+        .await?;
     Ok(Json(job))
 }
 
@@ -222,6 +240,14 @@ pub async fn retry(
 ) -> Result<Json<Job>, ApiError> {
     let principal = caller.require(Scope::JobsWrite)?;
     let job = control::retry(&state.pool, &principal.tenant, job_id(&id)?).await?;
+    caller
+        .audit(
+            &state,
+            Action::JobRetry,
+            job.id,
+            json!({"queue": job.queue}),
+        )
+        .await?;
     Ok(Json(job))
 }
 
@@ -236,12 +262,16 @@ fn job_id(raw: &str) -> Result<JobId, ApiError> {
 pub struct ListParams {
     pub queue: Option<String>,
     /// scheduled, queued, running, succeeded, retrying, dead or cancelled
+    #[param(value_type = Option<JobState>)]
     pub state: Option<String>,
     pub kind: Option<String>,
+    #[param(value_type = Option<String>, format = Uuid)]
     pub schedule_id: Option<String>,
     /// 1..=500, default 50
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500)]
     pub limit: Option<String>,
     /// `next_cursor` of the previous page
+    #[param(value_type = Option<String>, format = Uuid)]
     pub cursor: Option<String>,
 }
 
@@ -309,9 +339,10 @@ impl ListParams {
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    Query(params): Query<ListParams>,
+    params: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Json<JobList>, ApiError> {
     let principal = caller.require(Scope::JobsRead)?;
+    let Query(params) = params?;
     let mut filter = params.into_filter()?;
     let limit = filter.limit;
     filter.limit = limit + 1; // one extra row tells whether there is a next page

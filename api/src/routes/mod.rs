@@ -1,6 +1,7 @@
 //! HTTP routes, one file per resource.
 
 pub mod accounts;
+pub mod audit;
 pub mod dashboard;
 pub mod jobs;
 pub mod meta;

@@ -6,18 +6,21 @@
 
 use axum::{
     Json,
+    extract::rejection::QueryRejection,
     extract::{Path, Query, Request, State},
     http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
 use chrono::Utc;
 use conveyor_shared::{
+    audit::Action,
     enqueue::{FieldError, NewJob},
     keys::Scope,
     ledger,
     schedule::{CreateSchedule, Schedule, UpdateSchedule},
 };
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -62,6 +65,14 @@ pub async fn create(
         .map_err(ApiError::Validation)?;
     check_references(&state, &principal.tenant, &new.probe).await?;
     let schedule = Schedule::create(&state.pool, &principal.tenant, &new, now).await?;
+    caller
+        .audit(
+            &state,
+            Action::ScheduleCreate,
+            schedule.id,
+            json!({"name": schedule.name, "cron": schedule.cron, "timezone": schedule.timezone}),
+        )
+        .await?;
     let location = format!("/v1/schedules/{}", schedule.id);
     Ok((
         StatusCode::CREATED,
@@ -98,8 +109,10 @@ pub async fn get(
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// 1..=500, default 50
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 500)]
     pub limit: Option<String>,
     /// `next_cursor` of the previous page
+    #[param(value_type = Option<String>, format = Uuid)]
     pub cursor: Option<String>,
 }
 
@@ -117,9 +130,10 @@ pub struct ListParams {
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    Query(params): Query<ListParams>,
+    params: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Json<ScheduleList>, ApiError> {
     let principal = caller.require(Scope::JobsRead)?;
+    let Query(params) = params?;
     let mut errors = Vec::new();
     let limit = match params.limit.as_deref().map(str::parse::<i64>) {
         None => DEFAULT_PAGE,
@@ -183,7 +197,7 @@ pub async fn update(
 ) -> Result<Json<Schedule>, ApiError> {
     let principal = caller.require(Scope::JobsWrite)?;
     let id = schedule_id(&id)?;
-    let (req, _): (UpdateSchedule, _) = body::json(request, state.limits.max_body_bytes).await?;
+    let (req, raw): (UpdateSchedule, _) = body::json(request, state.limits.max_body_bytes).await?;
     let now = Utc::now();
     let changes = req
         .validate(&state.limits.enqueue, now)
@@ -192,6 +206,16 @@ pub async fn update(
         check_references(&state, &principal.tenant, probe).await?;
     }
     let schedule = Schedule::update(&state.pool, &principal.tenant, id, &changes, now).await?;
+    // The names of the changed fields, not their values: a job template's payload may be large.
+    let fields: Vec<&String> = raw.as_object().into_iter().flat_map(|o| o.keys()).collect();
+    caller
+        .audit(
+            &state,
+            Action::ScheduleUpdate,
+            schedule.id,
+            json!({"fields": fields}),
+        )
+        .await?;
     Ok(Json(schedule))
 }
 
@@ -212,7 +236,11 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let principal = caller.require(Scope::JobsWrite)?;
-    if Schedule::delete(&state.pool, &principal.tenant, schedule_id(&id)?).await? {
+    let id = schedule_id(&id)?;
+    if Schedule::delete(&state.pool, &principal.tenant, id).await? {
+        caller
+            .audit(&state, Action::ScheduleDelete, id, json!({}))
+            .await?;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound("schedule"))

@@ -44,6 +44,11 @@ pub struct Options {
     pub api_amqp_url: Option<String>,
     /// Adjusts the in-process worker's configuration (service URLs, secrets, limits).
     pub configure_worker: Option<ConfigureWorker>,
+    /// The api's per-key (requests per second, burst); 0 disables. Off by default: tests send
+    /// bursts that are not what they test.
+    pub rate_limit: (u32, u32),
+    pub request_timeout: Duration,
+    pub max_payload_bytes: usize,
 }
 
 impl Default for Options {
@@ -52,6 +57,9 @@ impl Default for Options {
             worker: true,
             api_amqp_url: None,
             configure_worker: None,
+            rate_limit: (0, 0),
+            request_timeout: conveyor_api::config::DEFAULT_REQUEST_TIMEOUT,
+            max_payload_bytes: conveyor_shared::enqueue::DEFAULT_MAX_PAYLOAD_BYTES,
         }
     }
 }
@@ -103,6 +111,10 @@ impl TestApp {
             max_body_bytes: 1024 * 1024,
             max_batch_body_bytes: 16 * 1024 * 1024,
             max_batch_jobs: 1000,
+            max_payload_bytes: options.max_payload_bytes,
+            rate_limit_rps: options.rate_limit.0,
+            rate_limit_burst: options.rate_limit.1,
+            request_timeout: options.request_timeout,
             run_relay: true,
         };
         let app = Application::build(config).await.unwrap_or_else(|e| {

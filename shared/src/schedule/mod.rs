@@ -514,6 +514,7 @@ mod tests {
         Limits {
             queues: vec!["default".into()],
             max_batch: 10,
+            max_payload_bytes: crate::enqueue::DEFAULT_MAX_PAYLOAD_BYTES,
         }
     }
 
