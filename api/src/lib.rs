@@ -15,6 +15,8 @@ pub mod config;
 pub mod error;
 /// The OpenAPI document served at `/openapi.json`.
 pub mod openapi;
+/// Keyset pagination of list routes: `limit` and `cursor`.
+pub mod pagination;
 /// Per-key request budgets (429 with `Retry-After`).
 pub mod ratelimit;
 /// The routes, one file per resource.

@@ -10,17 +10,12 @@ use axum::{
 };
 use conveyor_shared::{
     audit::{self, AuditEntry},
-    enqueue::FieldError,
     keys::Scope,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
-use uuid::Uuid;
 
-use crate::{auth::Caller, error::ApiError, error::Problem, startup::AppState};
-
-const DEFAULT_PAGE: i64 = 50;
-const MAX_PAGE: i64 = 500;
+use crate::{auth::Caller, error::ApiError, error::Problem, pagination::Page, startup::AppState};
 
 /// A page of audit entries.
 #[derive(Debug, Serialize, ToSchema)]
@@ -65,38 +60,18 @@ pub async fn list(
     let principal = caller.require(Scope::Admin)?;
     let Query(params) = params?;
     let mut errors = Vec::new();
-    let limit = match params.limit.as_deref().map(str::parse::<i64>) {
-        None => DEFAULT_PAGE,
-        Some(Ok(n)) if (1..=MAX_PAGE).contains(&n) => n,
-        Some(_) => {
-            errors.push(FieldError::new(
-                "limit",
-                format!("must be an integer from 1 to {MAX_PAGE}"),
-            ));
-            DEFAULT_PAGE
-        }
-    };
-    let before = params.cursor.as_deref().and_then(|c| {
-        let parsed = c.parse::<Uuid>().ok();
-        if parsed.is_none() {
-            errors.push(FieldError::new(
-                "cursor",
-                "not a cursor returned by this API",
-            ));
-        }
-        parsed
-    });
+    let page = Page::parse(
+        params.limit.as_deref(),
+        params.cursor.as_deref(),
+        &mut errors,
+    );
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
     // One extra row tells whether there is a next page.
-    let mut entries = audit::list(&state.pool, &principal.tenant, before, limit + 1).await?;
-    let next_cursor = if entries.len() as i64 > limit {
-        entries.truncate(limit as usize);
-        entries.last().map(|e| e.id.to_string())
-    } else {
-        None
-    };
+    let mut entries =
+        audit::list(&state.pool, &principal.tenant, page.before, page.fetch()).await?;
+    let next_cursor = page.finish(&mut entries, |e| e.id);
     Ok(Json(AuditList {
         entries,
         next_cursor,

@@ -23,11 +23,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::{auth::Caller, body, error::ApiError, error::Problem, startup::AppState};
+use crate::{
+    auth::Caller, body, error::ApiError, error::Problem, pagination::Page, startup::AppState,
+};
 
 const IDEMPOTENCY_HEADER: &str = "idempotency-key";
-const DEFAULT_PAGE: i64 = 50;
-const MAX_PAGE: i64 = 500;
 
 /// A batch answer, or a page of jobs.
 #[derive(Debug, Serialize, ToSchema)]
@@ -276,8 +276,9 @@ pub struct ListParams {
 }
 
 impl ListParams {
-    fn into_filter(self) -> Result<JobFilter, ApiError> {
+    fn into_filter(self) -> Result<(JobFilter, Page), ApiError> {
         let mut errors = Vec::new();
+        let page = Page::parse(self.limit.as_deref(), self.cursor.as_deref(), &mut errors);
         let mut field = |name: &str, message: String| errors.push(FieldError::new(name, message));
         let state = self.state.as_deref().and_then(|s| {
             let parsed = JobState::parse(s);
@@ -287,21 +288,6 @@ impl ListParams {
                     "state",
                     format!("unknown state {s:?}; one of {}", known.join(", ")),
                 );
-            }
-            parsed
-        });
-        let limit = match self.limit.as_deref().map(str::parse::<i64>) {
-            None => DEFAULT_PAGE,
-            Some(Ok(n)) if (1..=MAX_PAGE).contains(&n) => n,
-            Some(_) => {
-                field("limit", format!("must be an integer from 1 to {MAX_PAGE}"));
-                DEFAULT_PAGE
-            }
-        };
-        let before = self.cursor.as_deref().and_then(|c| {
-            let parsed = c.parse::<JobId>().ok();
-            if parsed.is_none() {
-                field("cursor", "not a cursor returned by this API".into());
             }
             parsed
         });
@@ -315,14 +301,15 @@ impl ListParams {
         if !errors.is_empty() {
             return Err(ApiError::Validation(errors));
         }
-        Ok(JobFilter {
+        let filter = JobFilter {
             queue: self.queue,
             state,
             kind: self.kind,
             schedule_id,
-            before,
-            limit,
-        })
+            before: page.before.map(JobId),
+            limit: page.fetch(),
+        };
+        Ok((filter, page))
     }
 }
 
@@ -343,16 +330,9 @@ pub async fn list(
 ) -> Result<Json<JobList>, ApiError> {
     let principal = caller.require(Scope::JobsRead)?;
     let Query(params) = params?;
-    let mut filter = params.into_filter()?;
-    let limit = filter.limit;
-    filter.limit = limit + 1; // one extra row tells whether there is a next page
+    let (filter, page) = params.into_filter()?;
     let mut jobs = Job::list(&state.pool, &principal.tenant, &filter).await?;
-    let next_cursor = if jobs.len() as i64 > limit {
-        jobs.truncate(limit as usize);
-        jobs.last().map(|j| j.id.to_string())
-    } else {
-        None
-    };
+    let next_cursor = page.finish(&mut jobs, |j| j.id.0);
     Ok(Json(JobList { jobs, next_cursor }))
 }
 

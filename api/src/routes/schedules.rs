@@ -14,7 +14,7 @@ use axum::{
 use chrono::Utc;
 use conveyor_shared::{
     audit::Action,
-    enqueue::{FieldError, NewJob},
+    enqueue::NewJob,
     keys::Scope,
     ledger,
     schedule::{CreateSchedule, Schedule, UpdateSchedule},
@@ -24,10 +24,9 @@ use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::{auth::Caller, body, error::ApiError, error::Problem, startup::AppState};
-
-const DEFAULT_PAGE: i64 = 50;
-const MAX_PAGE: i64 = 500;
+use crate::{
+    auth::Caller, body, error::ApiError, error::Problem, pagination::Page, startup::AppState,
+};
 
 /// A page of schedules.
 #[derive(Debug, Serialize, ToSchema)]
@@ -135,38 +134,18 @@ pub async fn list(
     let principal = caller.require(Scope::JobsRead)?;
     let Query(params) = params?;
     let mut errors = Vec::new();
-    let limit = match params.limit.as_deref().map(str::parse::<i64>) {
-        None => DEFAULT_PAGE,
-        Some(Ok(n)) if (1..=MAX_PAGE).contains(&n) => n,
-        Some(_) => {
-            errors.push(FieldError::new(
-                "limit",
-                format!("must be an integer from 1 to {MAX_PAGE}"),
-            ));
-            DEFAULT_PAGE
-        }
-    };
-    let before = params.cursor.as_deref().and_then(|c| {
-        let parsed = c.parse::<Uuid>().ok();
-        if parsed.is_none() {
-            errors.push(FieldError::new(
-                "cursor",
-                "not a cursor returned by this API",
-            ));
-        }
-        parsed
-    });
+    let page = Page::parse(
+        params.limit.as_deref(),
+        params.cursor.as_deref(),
+        &mut errors,
+    );
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
     // One extra row tells whether there is a next page.
-    let mut schedules = Schedule::list(&state.pool, &principal.tenant, before, limit + 1).await?;
-    let next_cursor = if schedules.len() as i64 > limit {
-        schedules.truncate(limit as usize);
-        schedules.last().map(|s| s.id.to_string())
-    } else {
-        None
-    };
+    let mut schedules =
+        Schedule::list(&state.pool, &principal.tenant, page.before, page.fetch()).await?;
+    let next_cursor = page.finish(&mut schedules, |s| s.id);
     Ok(Json(ScheduleList {
         schedules,
         next_cursor,
