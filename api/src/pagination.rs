@@ -4,6 +4,8 @@
 use conveyor_shared::enqueue::FieldError;
 use uuid::Uuid;
 
+use crate::error::ApiError;
+
 const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 500;
 
@@ -40,6 +42,17 @@ impl Page {
             parsed
         });
         Page { before, limit }
+    }
+
+    /// A page from `limit` and `cursor` alone, for lists with no other filter.
+    pub fn only(limit: Option<&str>, cursor: Option<&str>) -> Result<Page, ApiError> {
+        let mut errors = Vec::new();
+        let page = Page::parse(limit, cursor, &mut errors);
+        if errors.is_empty() {
+            Ok(page)
+        } else {
+            Err(ApiError::Validation(errors))
+        }
     }
 
     /// How many rows to fetch: one more than the page, to tell whether another page follows.

@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 use conveyor_shared::keys::Scope;
 use reqwest::StatusCode;
@@ -11,18 +11,7 @@ use serde_json::{Value, json};
 use support::{Options, TestApp, noop, problem};
 
 async fn conveyor_api(app: &TestApp, args: &[&str]) -> Output {
-    let url = format!("{}/{}", support::pg_server(), app.db_name);
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_conveyor-api"))
-            .args(&args)
-            .env("DATABASE_URL", url)
-            .env_remove("CONVEYOR_BOOTSTRAP_TOKEN")
-            .output()
-            .expect("conveyor-api runs")
-    })
-    .await
-    .unwrap();
+    let out = support::cli(app, args).await;
     assert!(
         out.status.success(),
         "{}",

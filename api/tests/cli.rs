@@ -2,29 +2,11 @@
 
 mod support;
 
-use std::{
-    process::{Command, Output},
-    time::Duration,
-};
+use std::{process::Output, time::Duration};
 
 use reqwest::StatusCode;
 use serde_json::json;
-use support::{Options, TestApp};
-
-async fn conveyor_api(app: &TestApp, args: &[&str]) -> Output {
-    let url = format!("postgres://postgres@127.0.0.1:5432/{}", app.db_name);
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_conveyor-api"))
-            .args(&args)
-            .env("DATABASE_URL", url)
-            .env_remove("CONVEYOR_BOOTSTRAP_TOKEN")
-            .output()
-            .expect("conveyor-api runs")
-    })
-    .await
-    .unwrap()
-}
+use support::{Options, TestApp, cli as conveyor_api};
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -151,18 +133,7 @@ async fn migrate_creates_a_missing_database() {
     .await;
     let fresh = format!("{}_fresh", app.db_name);
     let url = format!("postgres://postgres@127.0.0.1:5432/{fresh}");
-    let out = tokio::task::spawn_blocking({
-        let url = url.clone();
-        move || {
-            Command::new(env!("CARGO_BIN_EXE_conveyor-api"))
-                .arg("migrate")
-                .env("DATABASE_URL", url)
-                .output()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
+    let out = support::cli_at(url.clone(), &["migrate"]).await;
     assert!(
         out.status.success(),
         "{}",

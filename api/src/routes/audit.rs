@@ -59,16 +59,7 @@ pub async fn list(
 ) -> Result<Json<AuditList>, ApiError> {
     let principal = caller.require(Scope::Admin)?;
     let Query(params) = params?;
-    let mut errors = Vec::new();
-    let page = Page::parse(
-        params.limit.as_deref(),
-        params.cursor.as_deref(),
-        &mut errors,
-    );
-    if !errors.is_empty() {
-        return Err(ApiError::Validation(errors));
-    }
-    // One extra row tells whether there is a next page.
+    let page = Page::only(params.limit.as_deref(), params.cursor.as_deref())?;
     let mut entries =
         audit::list(&state.pool, &principal.tenant, page.before, page.fetch()).await?;
     let next_cursor = page.finish(&mut entries, |e| e.id);

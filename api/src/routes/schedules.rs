@@ -133,16 +133,7 @@ pub async fn list(
 ) -> Result<Json<ScheduleList>, ApiError> {
     let principal = caller.require(Scope::JobsRead)?;
     let Query(params) = params?;
-    let mut errors = Vec::new();
-    let page = Page::parse(
-        params.limit.as_deref(),
-        params.cursor.as_deref(),
-        &mut errors,
-    );
-    if !errors.is_empty() {
-        return Err(ApiError::Validation(errors));
-    }
-    // One extra row tells whether there is a next page.
+    let page = Page::only(params.limit.as_deref(), params.cursor.as_deref())?;
     let mut schedules =
         Schedule::list(&state.pool, &principal.tenant, page.before, page.fetch()).await?;
     let next_cursor = page.finish(&mut schedules, |s| s.id);

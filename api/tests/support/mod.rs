@@ -408,3 +408,23 @@ pub async fn sandbox(faults: conveyor_sandbox::FaultConfig) -> Sandbox {
     tokio::spawn(app.run_until_stopped(stop.clone().cancelled_owned()));
     Sandbox { addr, stop }
 }
+
+/// Runs the real `conveyor-api` binary with `args` against the database at `database_url`.
+pub async fn cli_at(database_url: String, args: &[&str]) -> std::process::Output {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_conveyor-api"))
+            .args(&args)
+            .env("DATABASE_URL", database_url)
+            .env_remove("CONVEYOR_BOOTSTRAP_TOKEN")
+            .output()
+            .expect("conveyor-api runs")
+    })
+    .await
+    .unwrap()
+}
+
+/// Runs the real `conveyor-api` binary with `args` against `app`'s database.
+pub async fn cli(app: &TestApp, args: &[&str]) -> std::process::Output {
+    cli_at(format!("{}/{}", pg_server(), app.db_name), args).await
+}

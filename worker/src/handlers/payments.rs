@@ -259,37 +259,15 @@ async fn reserve(
             .execute(&mut *tx)
             .await
             .map_err(db)?;
-            sqlx::query(
-                "UPDATE payment_charges SET refunded_minor = refunded_minor + $2 WHERE job_id = $1",
-            )
-            .bind(p.charge_job_id)
-            .bind(amount)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-            let clearing = ledger::clearing_account(&mut tx, &job.tenant, &charge.currency)
-                .await
-                .map_err(db)?;
-            ledger::book(
+            move_refund(
                 &mut tx,
-                &job.tenant,
-                job.id.0,
-                &charge.currency,
-                &[
-                    Leg {
-                        name: "refund.customer",
-                        account: charge.account_id,
-                        amount_minor: -amount,
-                    },
-                    Leg {
-                        name: "refund.clearing",
-                        account: clearing,
-                        amount_minor: amount,
-                    },
-                ],
+                job,
+                p.charge_job_id,
+                &charge,
+                amount,
+                RefundMove::Reserve,
             )
-            .await
-            .map_err(ledger_error)?;
+            .await?;
             amount
         }
     };
@@ -314,37 +292,76 @@ async fn reverse(
     .await
     .map_err(db)?;
     if let Some(charge_job_id) = refund {
-        sqlx::query(
-            "UPDATE payment_charges SET refunded_minor = refunded_minor - $2 WHERE job_id = $1",
-        )
-        .bind(charge_job_id)
-        .bind(amount)
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
-        let clearing = ledger::clearing_account(&mut tx, &job.tenant, &charge.currency)
-            .await
-            .map_err(db)?;
-        ledger::book(
+        move_refund(
             &mut tx,
-            &job.tenant,
-            job.id.0,
-            &charge.currency,
-            &[
-                Leg {
-                    name: "refund.reversal.customer",
-                    account: charge.account_id,
-                    amount_minor: amount,
-                },
-                Leg {
-                    name: "refund.reversal.clearing",
-                    account: clearing,
-                    amount_minor: -amount,
-                },
-            ],
+            job,
+            charge_job_id,
+            charge,
+            amount,
+            RefundMove::Reverse,
         )
-        .await
-        .map_err(ledger_error)?;
+        .await?;
     }
     tx.commit().await.map_err(db)
+}
+
+/// Which way a refund moves money in the ledger.
+#[derive(Clone, Copy)]
+enum RefundMove {
+    /// Before the provider is asked: debit the customer, count it as refunded.
+    Reserve,
+    /// The provider refused for good: give it back.
+    Reverse,
+}
+
+/// Adjusts the charge's refunded total and books the two legs of a refund or its reversal,
+/// inside `tx`. Each direction has its own leg names, so each books at most once per job.
+async fn move_refund(
+    tx: &mut sqlx::PgConnection,
+    job: &JobContext,
+    charge_job_id: Uuid,
+    charge: &ChargeRow,
+    amount: i64,
+    direction: RefundMove,
+) -> Result<(), HandlerError> {
+    let (customer_leg, clearing_leg, to_customer) = match direction {
+        RefundMove::Reserve => ("refund.customer", "refund.clearing", -amount),
+        RefundMove::Reverse => (
+            "refund.reversal.customer",
+            "refund.reversal.clearing",
+            amount,
+        ),
+    };
+    sqlx::query(
+        "UPDATE payment_charges SET refunded_minor = refunded_minor - $2 WHERE job_id = $1",
+    )
+    .bind(charge_job_id)
+    .bind(to_customer)
+    .execute(&mut *tx)
+    .await
+    .map_err(db)?;
+    let clearing = ledger::clearing_account(tx, &job.tenant, &charge.currency)
+        .await
+        .map_err(db)?;
+    ledger::book(
+        tx,
+        &job.tenant,
+        job.id.0,
+        &charge.currency,
+        &[
+            Leg {
+                name: customer_leg,
+                account: charge.account_id,
+                amount_minor: to_customer,
+            },
+            Leg {
+                name: clearing_leg,
+                account: clearing,
+                amount_minor: -to_customer,
+            },
+        ],
+    )
+    .await
+    .map_err(ledger_error)?;
+    Ok(())
 }
