@@ -1,0 +1,203 @@
+use std::{fmt, time::Duration};
+
+use crate::{
+    latency::{EnqueueLatency, StartLatency},
+    memory::Usage,
+    raw_broker::RawBroker,
+    raw_postgres::RawPostgres,
+    soak::Soak,
+    throughput::Throughput,
+};
+
+/// Rows of `| what | figure |`, in the order they were measured, plus the comparison of the
+/// batch run with the raw broker rate.
+#[derive(Default)]
+pub struct Report {
+    rows: Vec<(String, String)>,
+    raw_round_trip_rate: Option<f64>,
+    soak: Option<Soak>,
+}
+
+fn rate(n: usize, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64().max(1e-9)
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+impl Report {
+    /// The rows so far, as `(measurement, result)`.
+    pub fn rows(&self) -> &[(String, String)] {
+        &self.rows
+    }
+
+    fn row(&mut self, what: impl Into<String>, figure: impl Into<String>) {
+        self.rows.push((what.into(), figure.into()));
+    }
+
+    pub fn memory_idle(&mut self, usage: &[Usage]) {
+        if usage.is_empty() {
+            self.row("memory", "no api or worker process found on this machine");
+        }
+        for u in usage {
+            self.row(
+                format!("{} (pid {}) RSS before the run", u.name, u.pid),
+                mib(u.rss_kib),
+            );
+        }
+    }
+
+    pub fn memory_peak(&mut self, usage: &[Usage]) {
+        for u in usage {
+            self.row(
+                format!("{} (pid {}) RSS after / peak", u.name, u.pid),
+                format!("{} / {}", mib(u.rss_kib), mib(u.peak_kib)),
+            );
+        }
+    }
+
+    pub fn raw_broker(&mut self, r: &RawBroker) {
+        let round_trip = rate(r.messages, r.round_trip);
+        self.raw_round_trip_rate = Some(round_trip);
+        self.row(
+            format!(
+                "raw RabbitMQ ({} queue, {} msgs): publish + confirm",
+                r.queue_type, r.messages
+            ),
+            format!("{:.0} msg/s", rate(r.messages, r.publish)),
+        );
+        self.row(
+            format!(
+                "raw RabbitMQ: publish + consume + ack (concurrent, ack every {})",
+                r.ack_every
+            ),
+            format!("{round_trip:.0} msg/s"),
+        );
+    }
+
+    pub fn raw_postgres(&mut self, r: &RawPostgres) {
+        self.row(
+            format!(
+                "raw Postgres: INSERT into a copy of jobs, {} rows per statement",
+                r.batch
+            ),
+            format!("{:.0} rows/s", rate(r.rows, r.elapsed)),
+        );
+    }
+
+    pub fn throughput(&mut self, t: &Throughput) {
+        self.row(
+            format!("{}: enqueue", t.label),
+            format!("{:.0} jobs/s", rate(t.jobs, t.enqueue)),
+        );
+        let e2e = rate(t.jobs, t.end_to_end);
+        let versus = self
+            .raw_round_trip_rate
+            .map(|raw| format!(" ({:.0}% of raw RabbitMQ)", 100.0 * e2e / raw))
+            .unwrap_or_default();
+        self.row(
+            format!("{}: end to end", t.label),
+            format!("{e2e:.0} jobs/s{versus}"),
+        );
+        let per_10k: Vec<String> = t
+            .cpu
+            .iter()
+            .map(|(part, secs)| format!("{part} {:.2}", secs * 10_000.0 / t.jobs as f64))
+            .collect();
+        self.row(
+            format!("{}: CPU seconds per 10k jobs", t.label),
+            per_10k.join(", "),
+        );
+        if t.succeeded != t.jobs {
+            self.row(
+                format!("{}: NOT succeeded", t.label),
+                format!("{}", t.jobs - t.succeeded),
+            );
+        }
+    }
+
+    pub fn enqueue_latency(&mut self, l: &EnqueueLatency) {
+        self.row(
+            format!(
+                "single enqueue at {} req/s, {} requests: p50 / p95 / p99 / max",
+                l.rate, l.requests
+            ),
+            format!(
+                "{} / {} / {} / {}",
+                ms(l.latency.percentile(50.0)),
+                ms(l.latency.percentile(95.0)),
+                ms(l.latency.percentile(99.0)),
+                ms(l.latency.max())
+            ),
+        );
+        self.row(
+            "single enqueue: achieved rate, errors",
+            format!("{:.0} req/s, {} errors", l.achieved_rate, l.errors),
+        );
+    }
+
+    pub fn start_latency(&mut self, l: &StartLatency) {
+        self.row(
+            format!(
+                "start latency (request sent → running), idle, {} jobs: p50 / p99 / max",
+                l.samples
+            ),
+            format!(
+                "{} / {} / {}",
+                ms(l.latency.percentile(50.0)),
+                ms(l.latency.percentile(99.0)),
+                ms(l.latency.max())
+            ),
+        );
+    }
+
+    pub fn soak(&mut self, s: &Soak) {
+        self.row(
+            format!("soak: {} s at {} jobs/s", s.secs, s.rate),
+            format!("{} jobs enqueued, {} failed requests", s.jobs, s.errors),
+        );
+        for (name, slope) in s.trend() {
+            self.row(
+                format!("soak: {name} RSS trend over the second half"),
+                format!("{slope:+.1} KiB/min"),
+            );
+        }
+        self.soak = Some(s.clone());
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+        writeln!(
+            f,
+            "Conveyor benchmark, {} UTC, {cores} cores\n",
+            chrono::Utc::now().format("%Y-%m-%d %H:%M")
+        )?;
+        writeln!(f, "| measurement | result |")?;
+        writeln!(f, "|---|---|")?;
+        for (what, figure) in &self.rows {
+            writeln!(f, "| {what} | {figure} |")?;
+        }
+        if let Some(soak) = &self.soak {
+            writeln!(f, "\nSoak samples (RSS):\n")?;
+            let names: Vec<&str> = soak
+                .samples
+                .first()
+                .map(|(_, k)| k.iter().map(|(n, _)| n.as_str()).collect())
+                .unwrap_or_default();
+            writeln!(f, "| t (s) | {} |", names.join(" | "))?;
+            writeln!(f, "|---|{}", "---|".repeat(names.len()))?;
+            for (t, kib) in &soak.samples {
+                let cells: Vec<String> = kib.iter().map(|(_, k)| mib(*k)).collect();
+                writeln!(f, "| {t:.0} | {} |", cells.join(" | "))?;
+            }
+        }
+        Ok(())
+    }
+}
