@@ -2,6 +2,10 @@
 //!
 //! Handlers take [`Caller`] as their first argument (so authentication, and the key's rate
 //! limit, run before the body is read) and call [`Caller::require`] for the scope they need.
+//!
+//! An expired key gets its own 401 (`key_expired`) so its owner knows to rotate rather than
+//! debug; any token that matches no key (or a revoked one) gets the same generic 401, so a
+//! guessed token learns nothing.
 
 use std::net::SocketAddr;
 
@@ -11,8 +15,9 @@ use axum::{
 };
 use conveyor_shared::{
     audit::{self, Action, Actor},
-    keys::{ApiKey, Principal, Scope},
+    keys::{ApiKey, Authentication, Principal, Scope},
 };
+use sqlx::PgConnection;
 
 use crate::{error::ApiError, startup::AppState};
 
@@ -34,10 +39,11 @@ impl Caller {
         }
     }
 
-    /// Records an administrative action by this caller in the audit trail.
+    /// Records an administrative action by this caller in the audit trail, in `tx`: the
+    /// transaction of the action, so both commit or neither does.
     pub async fn audit(
         &self,
-        state: &AppState,
+        tx: &mut PgConnection,
         action: Action,
         target: impl ToString,
         detail: serde_json::Value,
@@ -49,14 +55,7 @@ impl Caller {
                 .remote
                 .map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string()),
         };
-        audit::record(
-            &state.pool,
-            &actor,
-            action,
-            Some(target.to_string()),
-            detail,
-        )
-        .await?;
+        audit::record(tx, &actor, action, Some(target.to_string()), detail).await?;
         Ok(())
     }
 }
@@ -86,9 +85,13 @@ impl FromRequestParts<AppState> for Caller {
         // The token is looked up by its SHA-256 digest, an indexed equality in Postgres: no
         // secret is compared byte by byte here, so there is no timing to leak (a prefix match
         // on the digest tells nothing about the token).
-        let principal = ApiKey::authenticate(&state.pool, token)
-            .await?
-            .ok_or(ApiError::Unauthorized("unknown or revoked token"))?;
+        let principal = match ApiKey::authenticate(&state.pool, token).await? {
+            Authentication::Valid(principal) => principal,
+            Authentication::Expired => return Err(ApiError::KeyExpired),
+            Authentication::Unknown => {
+                return Err(ApiError::Unauthorized("unknown or revoked token"));
+            }
+        };
         state.rate_limit.check(principal.key_id)?;
         let remote = parts
             .extensions

@@ -30,6 +30,9 @@ pub enum ApiError {
     BadHeader(String),
     #[error("{0}")]
     Unauthorized(&'static str),
+    /// A real key past its `expires_at` (after a rotation's overlap, say).
+    #[error("key expired")]
+    KeyExpired,
     #[error("this key lacks the {0} scope")]
     Forbidden(Scope),
     #[error("{0} not found")]
@@ -89,6 +92,7 @@ impl ApiError {
             ),
             BadHeader(_) => (StatusCode::BAD_REQUEST, "invalid_header", "Invalid header"),
             Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            KeyExpired => (StatusCode::UNAUTHORIZED, "key_expired", "Key expired"),
             Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
             NotFound(_) => (StatusCode::NOT_FOUND, "not_found", "Not found"),
             IdempotencyConflict => (

@@ -122,7 +122,8 @@ fn declare_problems(operation: &mut Operation, by_id: bool) {
     let mut common = vec![
         (
             "401",
-            "`unauthorized`: missing, malformed, unknown or revoked token",
+            "`unauthorized`: missing, malformed, unknown or revoked token; `key_expired`: \
+             the key is past its `expires_at` (rotated, or created with an expiry)",
         ),
         (
             "403",

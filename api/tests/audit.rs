@@ -201,3 +201,217 @@ async fn only_admins_read_the_trail_and_only_their_tenants() {
     problem(r, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
     app.stop().await;
 }
+
+/// The state of a job, read from the table.
+async fn state(app: &TestApp, id: &str) -> String {
+    sqlx::query_scalar("SELECT state::text FROM jobs WHERE id::text = $1")
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+async fn count(app: &TestApp, sql: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_action_whose_audit_entry_fails_is_rolled_back() {
+    let app = TestApp::spawn_with(Options {
+        worker: false,
+        ..Default::default()
+    })
+    .await;
+    // Set the stage while the trail still accepts entries: a waiting job, a cancelled one, a
+    // dead one, one finished long ago, a schedule and a key.
+    let waiting = app.enqueue(later()).await;
+    let cancelled = app.enqueue(later()).await;
+    let r = app
+        .post_as(
+            &app.token,
+            &format!("/v1/jobs/{cancelled}/cancel"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let dead = app.enqueue(later()).await;
+    let old = app.enqueue(later()).await;
+    sqlx::query("UPDATE jobs SET state = 'dead', finished_at = now() WHERE id::text = $1;")
+        .bind(&dead)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE jobs SET state = 'succeeded', finished_at = now() - interval '40 days'
+         WHERE id::text = $1",
+    )
+    .bind(&old)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let r = app
+        .post_as(
+            &app.token,
+            "/v1/schedules",
+            json!({"name": "nightly", "cron": "0 3 * * *", "timezone": "UTC",
+                   "job": noop(json!({}))}),
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let schedule: Value = r.json().await.unwrap();
+    let sid = schedule["id"].as_str().unwrap().to_owned();
+    let out = conveyor_api(
+        &app,
+        &[
+            "keys",
+            "create",
+            "--tenant",
+            "default",
+            "--scope",
+            "jobs:read",
+        ],
+    )
+    .await;
+    let key = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("id:"))
+        .unwrap()
+        .trim()
+        .to_owned();
+
+    // From now on every audit insert fails (this test's database only).
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_audit() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN RAISE EXCEPTION 'audit trail refused'; END $$;
+         CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_log
+         FOR EACH ROW EXECUTE FUNCTION refuse_audit();",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let entries_before = count(&app, "SELECT count(*) FROM audit_log").await;
+    let keys_before = count(&app, "SELECT count(*) FROM api_keys").await;
+
+    // HTTP actions answer 500 and change nothing.
+    let r = app
+        .post_as(&app.token, &format!("/v1/jobs/{waiting}/cancel"), json!({}))
+        .await;
+    problem(r, StatusCode::INTERNAL_SERVER_ERROR, "internal_error").await;
+    assert_eq!(state(&app, &waiting).await, "scheduled");
+    let r = app
+        .post_as(
+            &app.token,
+            &format!("/v1/jobs/{cancelled}/retry"),
+            json!({}),
+        )
+        .await;
+    problem(r, StatusCode::INTERNAL_SERVER_ERROR, "internal_error").await;
+    assert_eq!(state(&app, &cancelled).await, "cancelled");
+    let r = app
+        .post_as(
+            &app.token,
+            "/v1/schedules",
+            json!({"name": "hourly", "cron": "0 * * * *", "timezone": "UTC",
+                   "job": noop(json!({}))}),
+        )
+        .await;
+    problem(r, StatusCode::INTERNAL_SERVER_ERROR, "internal_error").await;
+    let r = app
+        .client
+        .patch(app.url(&format!("/v1/schedules/{sid}")))
+        .bearer_auth(&app.token)
+        .json(&json!({"paused": true}))
+        .send()
+        .await
+        .unwrap();
+    problem(r, StatusCode::INTERNAL_SERVER_ERROR, "internal_error").await;
+    let r = app
+        .client
+        .delete(app.url(&format!("/v1/schedules/{sid}")))
+        .bearer_auth(&app.token)
+        .send()
+        .await
+        .unwrap();
+    problem(r, StatusCode::INTERNAL_SERVER_ERROR, "internal_error").await;
+    let schedules: Vec<(String, bool)> = sqlx::query_as("SELECT name, paused FROM schedules")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(schedules, [("nightly".to_owned(), false)]);
+
+    // Operator commands fail and change nothing.
+    for args in [
+        &["keys", "create", "--tenant", "default", "--scope", "admin"][..],
+        &["keys", "revoke", &key],
+        &["keys", "rotate", &key, "--overlap", "1h"],
+        &["jobs", "retry-dead"],
+        &["jobs", "purge", "--older-than-days", "30"],
+    ] {
+        let out = support::cli(&app, args).await;
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("audit trail refused"),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM api_keys").await,
+        keys_before
+    );
+    let (revoked, expires): (bool, bool) = sqlx::query_as(
+        "SELECT revoked_at IS NOT NULL, expires_at IS NOT NULL FROM api_keys WHERE id::text = $1",
+    )
+    .bind(&key)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!(
+        !revoked && !expires,
+        "the key was changed without an audit entry"
+    );
+    assert_eq!(state(&app, &dead).await, "dead");
+    assert_eq!(
+        state(&app, &old).await,
+        "succeeded",
+        "purged without an entry"
+    );
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM audit_log").await,
+        entries_before
+    );
+
+    // With the trail working again, the same actions go through, each with its entry: what
+    // failed above was the audit insert, nothing else.
+    sqlx::raw_sql("DROP TRIGGER refuse_audit ON audit_log")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let r = app
+        .post_as(&app.token, &format!("/v1/jobs/{waiting}/cancel"), json!({}))
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    conveyor_api(&app, &["keys", "rotate", &key, "--overlap", "1h"]).await;
+    conveyor_api(&app, &["jobs", "retry-dead"]).await;
+    conveyor_api(&app, &["jobs", "purge", "--older-than-days", "30"]).await;
+    assert_eq!(state(&app, &waiting).await, "cancelled");
+    assert_eq!(state(&app, &dead).await, "queued");
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM api_keys").await,
+        keys_before + 1
+    );
+    let actions: Vec<String> =
+        sqlx::query_scalar("SELECT action FROM audit_log ORDER BY id OFFSET $1")
+            .bind(entries_before)
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        actions,
+        ["job.cancel", "key.rotate", "jobs.retry_dead", "jobs.purge"]
+    );
+    app.stop().await;
+}

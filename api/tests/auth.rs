@@ -408,3 +408,165 @@ async fn the_bearer_scheme_is_case_insensitive() {
     }
     app.stop().await;
 }
+
+/// The `expires_at` and `last_used_at` of a key, by token.
+async fn key_times(
+    app: &TestApp,
+    token: &str,
+) -> (
+    Option<chrono::DateTime<chrono::Utc>>,
+    Option<chrono::DateTime<chrono::Utc>>,
+) {
+    sqlx::query_as(
+        "SELECT expires_at, last_used_at FROM api_keys
+         WHERE token_sha256 = sha256(convert_to($1, 'UTF8'))",
+    )
+    .bind(token)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn an_expired_key_is_refused_with_its_own_code_and_others_are_not_told() {
+    let app = spawn().await;
+    let (soon, soon_token) = ApiKey::create_expiring(
+        &app.pool,
+        "acme",
+        "ci",
+        &[Scope::JobsRead],
+        Some(chrono::Duration::hours(1)),
+    )
+    .await
+    .unwrap();
+    let (_, forever) = ApiKey::create(&app.pool, "acme", "ops", &[Scope::JobsRead])
+        .await
+        .unwrap();
+    let expires = soon.expires_at.expect("an expiring key has expires_at");
+    let in_an_hour = chrono::Utc::now() + chrono::Duration::hours(1);
+    assert!((expires - in_an_hour).num_seconds().abs() < 60, "{expires}");
+    // Not yet expired: it works.
+    assert_eq!(
+        app.get_as(&soon_token, "/v1/jobs").await.status(),
+        StatusCode::OK
+    );
+
+    sqlx::query("UPDATE api_keys SET expires_at = now() - interval '1 second' WHERE id = $1")
+        .bind(soon.id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let r = app.get_as(&soon_token, "/v1/jobs").await;
+    assert_eq!(r.headers().get(header::WWW_AUTHENTICATE).unwrap(), "Bearer");
+    let body = problem(r, StatusCode::UNAUTHORIZED, "key_expired").await;
+    assert_eq!(body["detail"], "key expired", "{body:#}");
+    assert_eq!(body["type"], "https://conveyor.dev/problems/key-expired");
+    assert_eq!(body["title"], "Key expired");
+    // Writes are refused too, and nothing is enqueued.
+    let r = app.post_as(&soon_token, "/v1/jobs", noop(json!({}))).await;
+    problem(r, StatusCode::UNAUTHORIZED, "key_expired").await;
+    assert_eq!(app.count_jobs().await, 0);
+
+    // The tenant's other key is unaffected.
+    assert_eq!(
+        app.get_as(&forever, "/v1/jobs").await.status(),
+        StatusCode::OK
+    );
+    // A token that matches no key, and a revoked key (expired or not), get the generic 401:
+    // only the holder of a real token learns it expired.
+    let unknown = format!("cvy_{}", "y".repeat(40));
+    let body = unauthorized(app.get_as(&unknown, "/v1/jobs").await).await;
+    assert_ne!(body["detail"], "key expired");
+    ApiKey::revoke(&app.pool, soon.id).await.unwrap().unwrap();
+    unauthorized(app.get_as(&soon_token, "/v1/jobs").await).await;
+
+    // A key created to expire at once is expired for the next request.
+    let (_, instant) = ApiKey::create_expiring(
+        &app.pool,
+        "acme",
+        "instant",
+        &[Scope::JobsRead],
+        Some(chrono::Duration::zero()),
+    )
+    .await
+    .unwrap();
+    problem(
+        app.get_as(&instant, "/v1/jobs").await,
+        StatusCode::UNAUTHORIZED,
+        "key_expired",
+    )
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn last_used_is_recorded_on_success_and_refreshed_at_most_once_a_minute() {
+    let app = spawn().await;
+    let token = app.key("acme", &[Scope::JobsRead]).await;
+    assert_eq!(
+        key_times(&app, &token).await.1,
+        None,
+        "a new key was never used"
+    );
+
+    let before = chrono::Utc::now();
+    assert_eq!(
+        app.get_as(&token, "/v1/jobs").await.status(),
+        StatusCode::OK
+    );
+    let first = key_times(&app, &token).await.1.expect("used once");
+    assert!(
+        (first - before).num_seconds().abs() < 5,
+        "{first} vs {before}"
+    );
+
+    // Used again within the minute: the stored value is fresh enough, nothing is written.
+    for _ in 0..3 {
+        assert_eq!(
+            app.get_as(&token, "/v1/jobs").await.status(),
+            StatusCode::OK
+        );
+    }
+    assert_eq!(key_times(&app, &token).await.1, Some(first));
+
+    // Over a minute old: the next request refreshes it.
+    sqlx::query(
+        "UPDATE api_keys SET last_used_at = now() - interval '2 minutes'
+         WHERE token_sha256 = sha256(convert_to($1, 'UTF8'))",
+    )
+    .bind(&token)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        app.get_as(&token, "/v1/jobs").await.status(),
+        StatusCode::OK
+    );
+    let refreshed = key_times(&app, &token).await.1.unwrap();
+    let age = chrono::Utc::now() - refreshed;
+    assert!(age.num_seconds() < 5, "not refreshed: {refreshed}");
+
+    // A refused request (expired key) is not a use.
+    sqlx::query(
+        "UPDATE api_keys SET expires_at = now(), last_used_at = NULL
+         WHERE token_sha256 = sha256(convert_to($1, 'UTF8'))",
+    )
+    .bind(&token)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let r = app.get_as(&token, "/v1/jobs").await;
+    problem(r, StatusCode::UNAUTHORIZED, "key_expired").await;
+    assert_eq!(key_times(&app, &token).await.1, None);
+
+    // The bootstrap key (CONVEYOR_BOOTSTRAP_TOKEN) is an ordinary key: it works, never
+    // expires, and its use is recorded too.
+    assert_eq!(
+        app.get_as(&app.token, "/v1/jobs").await.status(),
+        StatusCode::OK
+    );
+    let (expires, used) = key_times(&app, &app.token).await;
+    assert_eq!(expires, None);
+    assert!(used.is_some());
+    app.stop().await;
+}

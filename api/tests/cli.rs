@@ -241,3 +241,197 @@ async fn dead_jobs_are_retried_in_bulk_and_old_finished_jobs_purged() {
     assert!(stdout(&out).contains("deleted 1 jobs"), "{}", stdout(&out));
     app.stop().await;
 }
+
+/// The value after `name` (`id:`, `token:`) in a command's output.
+fn field(text: &str, name: &str) -> String {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+/// The whitespace-separated columns of `keys list`'s row for key `id`: id, tenant, token
+/// prefix, scopes, status, expires, last used, name.
+async fn listed(app: &TestApp, id: &str) -> Vec<String> {
+    let out = conveyor_api(app, &["keys", "list"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = stdout(&out);
+    text.lines()
+        .find(|l| l.starts_with(id))
+        .unwrap_or_else(|| panic!("no {id} in {text}"))
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `expires_at` of a key.
+async fn expires_at(app: &TestApp, id: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    sqlx::query_scalar("SELECT expires_at FROM api_keys WHERE id::text = $1")
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+fn near(at: chrono::DateTime<chrono::Utc>, expected: chrono::DateTime<chrono::Utc>) -> bool {
+    (at - expected).num_seconds().abs() < 60
+}
+
+#[tokio::test]
+async fn keys_rotate_with_an_overlap_and_list_shows_expiry_and_last_use() {
+    let app = TestApp::spawn_with(Options {
+        worker: false,
+        ..Default::default()
+    })
+    .await;
+    let out = conveyor_api(
+        &app,
+        &[
+            "keys",
+            "create",
+            "--tenant",
+            "acme",
+            "--scope",
+            "jobs:read",
+            "--scope",
+            "jobs:write",
+            "--name",
+            "ci",
+            "--expires-in",
+            "90d",
+        ],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let old_id = field(&stdout(&out), "id:");
+    let old_token = field(&stdout(&out), "token:");
+    let ninety_days = chrono::Utc::now() + chrono::Duration::days(90);
+    assert!(near(expires_at(&app, &old_id).await.unwrap(), ninety_days));
+
+    // Listed with its expiry, never used; after a request, with its last use.
+    let row = listed(&app, &old_id).await;
+    assert_eq!(row[4], "active", "{row:?}");
+    let listed_expiry: chrono::DateTime<chrono::Utc> = row[5].parse().expect("an expiry");
+    assert!(near(listed_expiry, ninety_days), "{row:?}");
+    assert_eq!(row[6], "-", "never used: {row:?}");
+    assert_eq!(
+        app.get_as(&old_token, "/v1/jobs").await.status(),
+        StatusCode::OK
+    );
+    let row = listed(&app, &old_id).await;
+    let used: chrono::DateTime<chrono::Utc> = row[6].parse().expect("a last-used time");
+    assert!(near(used, chrono::Utc::now()), "{row:?}");
+
+    // Rotate: a new key with the same tenant, name and scopes, and both work for the overlap.
+    let out = conveyor_api(&app, &["keys", "rotate", &old_id, "--overlap", "2h"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new_id = field(&stdout(&out), "id:");
+    let new_token = field(&stdout(&out), "token:");
+    assert_ne!(new_id, old_id);
+    assert!(new_token.starts_with("cvy_") && new_token != old_token);
+    let two_hours = chrono::Utc::now() + chrono::Duration::hours(2);
+    assert!(near(expires_at(&app, &old_id).await.unwrap(), two_hours));
+    assert_eq!(
+        expires_at(&app, &new_id).await,
+        None,
+        "no --expires-in: never"
+    );
+    let (tenant, name, scopes): (String, String, Vec<String>) =
+        sqlx::query_as("SELECT tenant, name, scopes FROM api_keys WHERE id::text = $1")
+            .bind(&new_id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!((tenant.as_str(), name.as_str()), ("acme", "ci"));
+    assert_eq!(scopes, ["jobs:read", "jobs:write"]);
+    for token in [&old_token, &new_token] {
+        let r = app
+            .post_as(token, "/v1/jobs", json!({"kind": "noop"}))
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+    }
+
+    // A rotation never extends an expiry: a longer overlap keeps the earlier one.
+    let out = conveyor_api(&app, &["keys", "rotate", &old_id, "--overlap", "48h"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let third_id = field(&stdout(&out), "id:");
+    assert!(near(expires_at(&app, &old_id).await.unwrap(), two_hours));
+
+    // Overlap 0s: the old key stops at once, the new ones keep working.
+    let out = conveyor_api(&app, &["keys", "rotate", &old_id, "--overlap", "0s"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = app.get_as(&old_token, "/v1/jobs").await;
+    support::problem(r, StatusCode::UNAUTHORIZED, "key_expired").await;
+    assert_eq!(
+        app.get_as(&new_token, "/v1/jobs").await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(listed(&app, &old_id).await[4], "expired");
+    assert_eq!(listed(&app, &new_id).await[4], "active");
+
+    // An expired key, a revoked one or an unknown id cannot be rotated.
+    let out = conveyor_api(&app, &["keys", "rotate", &old_id]).await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no active key"));
+    let out = conveyor_api(&app, &["keys", "revoke", &third_id]).await;
+    assert!(out.status.success());
+    let out = conveyor_api(&app, &["keys", "rotate", &third_id]).await;
+    assert!(!out.status.success());
+    let out = conveyor_api(&app, &["keys", "rotate", &uuid::Uuid::new_v4().to_string()]).await;
+    assert!(!out.status.success());
+
+    // Each rotation is in the audit trail: the old key as target, the new one in the detail.
+    let rotations: Vec<(String, serde_json::Value)> = sqlx::query_as(
+        "SELECT target, detail FROM audit_log WHERE action = 'key.rotate' AND tenant = 'acme'
+         ORDER BY id",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(rotations.len(), 3, "{rotations:#?}");
+    assert!(rotations.iter().all(|(target, _)| *target == old_id));
+    assert_eq!(rotations[0].1["new_key"], new_id);
+    assert_eq!(rotations[0].1["overlap_seconds"], 7200);
+    assert_eq!(rotations[1].1["new_key"], third_id);
+    assert_eq!(rotations[2].1["overlap_seconds"], 0);
+
+    // Durations are checked.
+    for bad in ["1w", "12", "1.5h", "1h30m"] {
+        let out = conveyor_api(
+            &app,
+            &[
+                "keys",
+                "create",
+                "--tenant",
+                "acme",
+                "--scope",
+                "admin",
+                "--expires-in",
+                bad,
+            ],
+        )
+        .await;
+        assert!(!out.status.success(), "--expires-in {bad} was accepted");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("invalid duration"));
+    }
+    app.stop().await;
+}

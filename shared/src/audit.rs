@@ -5,9 +5,11 @@
 //! sees another's entries, and entries of operator commands spanning all tenants (tenant NULL)
 //! are seen by no API key.
 //!
-//! An entry is written right after its action succeeds, in its own statement, not in the
-//! action's transaction: if that insert fails the request answers 500 (so the caller knows the
-//! trail may lack it) but the action stands.
+//! An entry commits in the same transaction as the change it records: there is never an
+//! action without its entry, nor an entry for an action that was rolled back. So an action's
+//! query functions take the caller's transaction (`&mut PgConnection`) and [`record`] is called
+//! on it before the commit; if the insert fails, the action is undone and the request answers
+//! 500. A purge, which deletes in many short transactions, records one entry per transaction.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -23,6 +25,7 @@ pub const CLI: &str = "cli";
 pub enum Action {
     KeyCreate,
     KeyRevoke,
+    KeyRotate,
     JobCancel,
     JobRetry,
     ScheduleCreate,
@@ -37,6 +40,7 @@ impl Action {
         match self {
             Self::KeyCreate => "key.create",
             Self::KeyRevoke => "key.revoke",
+            Self::KeyRotate => "key.rotate",
             Self::JobCancel => "job.cancel",
             Self::JobRetry => "job.retry",
             Self::ScheduleCreate => "schedule.create",
@@ -79,7 +83,7 @@ pub struct AuditEntry {
     pub tenant: Option<String>,
     /// The API key that acted; absent when the actor is the command line.
     pub key_id: Option<Uuid>,
-    /// `key.create`, `key.revoke`, `job.cancel`, `job.retry`, `schedule.create`,
+    /// `key.create`, `key.revoke`, `key.rotate`, `job.cancel`, `job.retry`, `schedule.create`,
     /// `schedule.update`, `schedule.delete`, `jobs.retry_dead`, `jobs.purge`
     pub action: String,
     /// The id of what was acted on, when there is one.
@@ -91,7 +95,7 @@ pub struct AuditEntry {
     pub remote_addr: String,
 }
 
-/// Appends one entry.
+/// Appends one entry. Pass the transaction of the action it records.
 pub async fn record(
     db: impl PgExecutor<'_>,
     actor: &Actor,

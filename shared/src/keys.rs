@@ -2,14 +2,18 @@
 //! (tokens carry ~238 bits of randomness, so a slow password hash would add nothing) and looks
 //! keys up by that digest. Every key belongs to one tenant; every query the API runs for a
 //! request is scoped to that tenant.
+//!
+//! A key may expire (`expires_at`). Rotation issues a new key with the same tenant, name and
+//! scopes and lets the old one expire after an overlap, so clients can switch without downtime:
+//! for that span both keys are valid.
 
 use std::fmt;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Duration, Utc};
 use rand::{Rng, distr::Alphanumeric};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
 /// What a key may do. `admin` implies the others.
@@ -71,6 +75,38 @@ pub struct ApiKey {
     pub scopes: Vec<String>,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// When the key stops authenticating; `None`: never.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The last successful authentication, to within a minute (it is refreshed at most once
+    /// a minute); `None`: never used.
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+/// The columns of [`ApiKey`], for `RETURNING` and `SELECT` (a macro so queries stay literals).
+macro_rules! key_columns {
+    () => {
+        "id, tenant, name, token_prefix, scopes, created_at, revoked_at, expires_at, last_used_at"
+    };
+}
+
+/// What a bearer token turned out to be.
+#[derive(Debug, Clone)]
+pub enum Authentication {
+    Valid(Principal),
+    /// The token belongs to a key whose `expires_at` has passed. Only a caller holding a real
+    /// (formerly valid) token learns this; any other token is [`Authentication::Unknown`].
+    Expired,
+    /// No such token, or its key was revoked.
+    Unknown,
+}
+
+/// A key issued by [`ApiKey::rotate`], and the old key as it now is.
+#[derive(Debug, Clone)]
+pub struct Rotation {
+    pub old: ApiKey,
+    pub new: ApiKey,
+    /// The new key's token, shown once.
+    pub token: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +115,8 @@ pub enum KeyError {
     InvalidTenant(String),
     #[error("a key needs at least one scope")]
     NoScopes,
+    #[error("no active key with id {0}")]
+    NotActive(Uuid),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
@@ -103,31 +141,38 @@ fn display_prefix(token: &str) -> String {
 }
 
 impl ApiKey {
-    /// Creates a key and returns it with its token, which is not stored anywhere.
+    /// Creates a key that never expires and returns it with its token, which is not stored
+    /// anywhere.
     pub async fn create(
-        pool: &PgPool,
+        db: impl PgExecutor<'_>,
         tenant: &str,
         name: &str,
         scopes: &[Scope],
     ) -> Result<(ApiKey, String), KeyError> {
-        let token: String = format!(
-            "{TOKEN_PREFIX}{}",
-            rand::rng()
-                .sample_iter(&Alphanumeric)
-                .take(40)
-                .map(char::from)
-                .collect::<String>()
-        );
-        let key = Self::insert(pool, tenant, name, scopes, &token).await?;
+        Self::create_expiring(db, tenant, name, scopes, None).await
+    }
+
+    /// Creates a key valid for `lifetime` from now (forever when `None`).
+    pub async fn create_expiring(
+        db: impl PgExecutor<'_>,
+        tenant: &str,
+        name: &str,
+        scopes: &[Scope],
+        lifetime: Option<Duration>,
+    ) -> Result<(ApiKey, String), KeyError> {
+        let scopes: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
+        let token = new_token();
+        let key = Self::insert(db, tenant, name, &scopes, &token, lifetime).await?;
         Ok((key, token))
     }
 
     async fn insert(
-        pool: &PgPool,
+        db: impl PgExecutor<'_>,
         tenant: &str,
         name: &str,
-        scopes: &[Scope],
+        scopes: &[&str],
         token: &str,
+        lifetime: Option<Duration>,
     ) -> Result<ApiKey, KeyError> {
         if !valid_tenant(tenant) {
             return Err(KeyError::InvalidTenant(tenant.to_owned()));
@@ -135,23 +180,57 @@ impl ApiKey {
         if scopes.is_empty() {
             return Err(KeyError::NoScopes);
         }
-        let scopes: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
-        Ok(sqlx::query_as(
-            "INSERT INTO api_keys (id, tenant, name, token_sha256, token_prefix, scopes)
-             VALUES ($1, $2, $3, $4, $5, $6)
-             RETURNING id, tenant, name, token_prefix, scopes, created_at, revoked_at",
-        )
+        Ok(sqlx::query_as(concat!(
+            "INSERT INTO api_keys (id, tenant, name, token_sha256, token_prefix, scopes,
+                                   expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, now() + $7)
+             RETURNING ",
+            key_columns!()
+        ))
         .bind(Uuid::new_v4())
         .bind(tenant)
         .bind(name)
         .bind(digest(token))
         .bind(display_prefix(token))
-        .bind(&scopes)
-        .fetch_one(pool)
+        .bind(scopes)
+        .bind(lifetime)
+        .fetch_one(db)
         .await?)
     }
 
+    /// Issues a successor of key `id` (same tenant, name and scopes; valid for `lifetime`, or
+    /// forever) and makes the old key expire `overlap` from now, unless it already expires
+    /// sooner: a rotation never extends a key's life. Both keys are valid during the overlap.
+    ///
+    /// Run it in a transaction (with its audit entry): the old key's row lock, taken first,
+    /// makes concurrent rotations of one key take turns.
+    pub async fn rotate(
+        tx: &mut PgConnection,
+        id: Uuid,
+        overlap: Duration,
+        lifetime: Option<Duration>,
+    ) -> Result<Rotation, KeyError> {
+        let old: ApiKey = sqlx::query_as(concat!(
+            "UPDATE api_keys
+             SET expires_at = LEAST(expires_at, now() + $2)
+             WHERE id = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
+             RETURNING ",
+            key_columns!()
+        ))
+        .bind(id)
+        .bind(overlap)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(KeyError::NotActive(id))?;
+        let scopes: Vec<&str> = old.scopes.iter().map(String::as_str).collect();
+        let token = new_token();
+        let new = Self::insert(&mut *tx, &old.tenant, &old.name, &scopes, &token, lifetime).await?;
+        Ok(Rotation { old, new, token })
+    }
+
     /// Makes `token` a valid admin key of tenant `default` (CONVEYOR_BOOTSTRAP_TOKEN), once.
+    /// A key with this token that was since revoked or expired (rotated) is left so: a restart
+    /// must not bring back a key an operator retired.
     pub async fn ensure_bootstrap(pool: &PgPool, token: &str) -> Result<(), KeyError> {
         let exists: bool =
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM api_keys WHERE token_sha256 = $1)")
@@ -159,7 +238,8 @@ impl ApiKey {
                 .fetch_one(pool)
                 .await?;
         if !exists {
-            match Self::insert(pool, TENANT_DEFAULT, "bootstrap", &Scope::ALL, token).await {
+            let scopes = Scope::ALL.map(Scope::as_str);
+            match Self::insert(pool, TENANT_DEFAULT, "bootstrap", &scopes, token, None).await {
                 Ok(_) => tracing::info!(tenant = TENANT_DEFAULT, "bootstrap admin key created"),
                 // Another api replica inserted it first.
                 Err(KeyError::Database(sqlx::Error::Database(e))) if e.is_unique_violation() => {}
@@ -171,41 +251,75 @@ impl ApiKey {
 
     /// Keys, optionally of one tenant, newest first.
     pub async fn list(pool: &PgPool, tenant: Option<&str>) -> sqlx::Result<Vec<ApiKey>> {
-        sqlx::query_as(
-            "SELECT id, tenant, name, token_prefix, scopes, created_at, revoked_at FROM api_keys
-             WHERE $1::text IS NULL OR tenant = $1 ORDER BY created_at DESC",
-        )
+        sqlx::query_as(concat!(
+            "SELECT ",
+            key_columns!(),
+            " FROM api_keys
+             WHERE $1::text IS NULL OR tenant = $1 ORDER BY created_at DESC"
+        ))
         .bind(tenant)
         .fetch_all(pool)
         .await
     }
 
     /// Revokes a key; returns its tenant, or `None` when no active key has this id.
-    pub async fn revoke(pool: &PgPool, id: Uuid) -> sqlx::Result<Option<String>> {
+    pub async fn revoke(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<String>> {
         sqlx::query_scalar(
             "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL
              RETURNING tenant",
         )
         .bind(id)
-        .fetch_optional(pool)
+        .fetch_optional(db)
         .await
     }
 
-    /// The principal behind a bearer token, if the token belongs to an active key.
-    pub async fn authenticate(pool: &PgPool, token: &str) -> sqlx::Result<Option<Principal>> {
-        let row: Option<(Uuid, String, Vec<String>)> = sqlx::query_as(
-            "SELECT id, tenant, scopes FROM api_keys
-             WHERE token_sha256 = $1 AND revoked_at IS NULL",
+    /// What a bearer token is, refreshing its key's `last_used_at` when valid.
+    ///
+    /// One statement, so one round trip: the lookup and the refresh are folded together. The
+    /// refresh writes only when the stored value is over a minute old, so a key used thousands
+    /// of times a second costs one row write a minute, and a request whose key was used in the
+    /// last minute writes nothing (no row lock, no WAL). The age test names the table's column,
+    /// not the CTE's snapshot: concurrent requests that queue behind the one refreshing see its
+    /// new value when Postgres rechecks the row, and skip their own write.
+    pub async fn authenticate(pool: &PgPool, token: &str) -> sqlx::Result<Authentication> {
+        let row: Option<(Uuid, String, Vec<String>, bool)> = sqlx::query_as(
+            "WITH key AS (
+                 SELECT id, tenant, scopes, expires_at IS NOT NULL AND expires_at <= now() AS expired
+                 FROM api_keys
+                 WHERE token_sha256 = $1 AND revoked_at IS NULL
+             ), touch AS (
+                 UPDATE api_keys SET last_used_at = now()
+                 FROM key
+                 WHERE api_keys.id = key.id AND NOT key.expired
+                   AND (api_keys.last_used_at IS NULL
+                        OR api_keys.last_used_at < now() - interval '60 seconds')
+             )
+             SELECT id, tenant, scopes, expired FROM key",
         )
         .bind(digest(token))
         .fetch_optional(pool)
         .await?;
-        Ok(row.map(|(key_id, tenant, scopes)| Principal {
-            key_id,
-            tenant,
-            scopes: scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
-        }))
+        Ok(match row {
+            None => Authentication::Unknown,
+            Some((_, _, _, true)) => Authentication::Expired,
+            Some((key_id, tenant, scopes, false)) => Authentication::Valid(Principal {
+                key_id,
+                tenant,
+                scopes: scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
+            }),
+        })
     }
+}
+
+fn new_token() -> String {
+    format!(
+        "{TOKEN_PREFIX}{}",
+        rand::rng()
+            .sample_iter(&Alphanumeric)
+            .take(40)
+            .map(char::from)
+            .collect::<String>()
+    )
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ pub async fn retention_loop(pool: PgPool, days: u32, shutdown: CancellationToken
             _ = every.tick() => {}
         }
         let cutoff = chrono::Utc::now() - chrono::Duration::days(days.into());
-        match retention::purge_finished(&pool, cutoff, false, 1_000).await {
+        match retention::purge_finished(&pool, cutoff, false, 1_000, None).await {
             Ok(0) => {}
             Ok(n) => {
                 tracing::info!(deleted = n, days, "retention removed finished jobs");

@@ -207,15 +207,17 @@ pub async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Json<Job>, ApiError> {
     let principal = caller.require(Scope::JobsWrite)?;
-    let job = control::cancel(&state.pool, &principal.tenant, job_id(&id)?).await?;
+    let mut tx = state.pool.begin().await?;
+    let job = control::cancel(&mut tx, &principal.tenant, job_id(&id)?).await?;
     caller
         .audit(
-            &state,
+            &mut tx,
             Action::JobCancel,
             job.id,
             json!({"queue": job.queue}),
         )
         .await?;
+    tx.commit().await?;
     Ok(Json(job))
 }
 
@@ -239,15 +241,17 @@ pub async fn retry(
     Path(id): Path<String>,
 ) -> Result<Json<Job>, ApiError> {
     let principal = caller.require(Scope::JobsWrite)?;
-    let job = control::retry(&state.pool, &principal.tenant, job_id(&id)?).await?;
+    let mut tx = state.pool.begin().await?;
+    let job = control::retry(&mut tx, &principal.tenant, job_id(&id)?).await?;
     caller
         .audit(
-            &state,
+            &mut tx,
             Action::JobRetry,
             job.id,
             json!({"queue": job.queue}),
         )
         .await?;
+    tx.commit().await?;
     Ok(Json(job))
 }
 

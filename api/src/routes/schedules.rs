@@ -63,15 +63,17 @@ pub async fn create(
         .validate(&state.limits.enqueue, now)
         .map_err(ApiError::Validation)?;
     check_references(&state, &principal.tenant, &new.probe).await?;
-    let schedule = Schedule::create(&state.pool, &principal.tenant, &new, now).await?;
+    let mut tx = state.pool.begin().await?;
+    let schedule = Schedule::create(&mut *tx, &principal.tenant, &new, now).await?;
     caller
         .audit(
-            &state,
+            &mut tx,
             Action::ScheduleCreate,
             schedule.id,
             json!({"name": schedule.name, "cron": schedule.cron, "timezone": schedule.timezone}),
         )
         .await?;
+    tx.commit().await?;
     let location = format!("/v1/schedules/{}", schedule.id);
     Ok((
         StatusCode::CREATED,
@@ -175,17 +177,19 @@ pub async fn update(
     if let Some(probe) = &changes.probe {
         check_references(&state, &principal.tenant, probe).await?;
     }
-    let schedule = Schedule::update(&state.pool, &principal.tenant, id, &changes, now).await?;
+    let mut tx = state.pool.begin().await?;
+    let schedule = Schedule::update(&mut tx, &principal.tenant, id, &changes, now).await?;
     // The names of the changed fields, not their values: a job template's payload may be large.
     let fields: Vec<&String> = raw.as_object().into_iter().flat_map(|o| o.keys()).collect();
     caller
         .audit(
-            &state,
+            &mut tx,
             Action::ScheduleUpdate,
             schedule.id,
             json!({"fields": fields}),
         )
         .await?;
+    tx.commit().await?;
     Ok(Json(schedule))
 }
 
@@ -207,10 +211,12 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let principal = caller.require(Scope::JobsWrite)?;
     let id = schedule_id(&id)?;
-    if Schedule::delete(&state.pool, &principal.tenant, id).await? {
+    let mut tx = state.pool.begin().await?;
+    if Schedule::delete(&mut *tx, &principal.tenant, id).await? {
         caller
-            .audit(&state, Action::ScheduleDelete, id, json!({}))
+            .audit(&mut tx, Action::ScheduleDelete, id, json!({}))
             .await?;
+        tx.commit().await?;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound("schedule"))

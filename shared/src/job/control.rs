@@ -5,8 +5,12 @@
 //! takes `queued` rows, so a cancelled job's message still in RabbitMQ is skipped, and of two
 //! concurrent cancels exactly one wins. Only when the UPDATE matches nothing is the row read
 //! again, to tell "no such job" (404) from "not in a state this applies to" (409).
+//!
+//! Both run in the caller's transaction, so the audit entry of the change commits with it.
+//! Under READ COMMITTED each statement still sees the latest committed rows, so the race
+//! handling works the same inside it.
 
-use sqlx::PgPool;
+use sqlx::PgConnection;
 
 use super::{Job, JobId, JobState};
 use crate::relay::OUTBOX_CHANNEL;
@@ -39,8 +43,12 @@ pub enum TransitionError {
 
 /// Cancels a waiting (`scheduled`, `queued` or `retrying`) job. A waiting job has no open
 /// attempt, so the attempts log is left as it is.
-#[tracing::instrument(name = "job.cancel", skip(pool), fields(job_id = %id))]
-pub async fn cancel(pool: &PgPool, tenant: &str, id: JobId) -> Result<Job, TransitionError> {
+#[tracing::instrument(name = "job.cancel", skip(tx), fields(job_id = %id))]
+pub async fn cancel(
+    tx: &mut PgConnection,
+    tenant: &str,
+    id: JobId,
+) -> Result<Job, TransitionError> {
     let mut tries = 0;
     loop {
         let cancelled: Option<Job> = sqlx::query_as(
@@ -51,7 +59,7 @@ pub async fn cancel(pool: &PgPool, tenant: &str, id: JobId) -> Result<Job, Trans
         )
         .bind(tenant)
         .bind(id)
-        .fetch_optional(pool)
+        .fetch_optional(&mut *tx)
         .await?;
         if let Some(job) = cancelled {
             tracing::info!(queue = %job.queue, "job cancelled");
@@ -60,7 +68,7 @@ pub async fn cancel(pool: &PgPool, tenant: &str, id: JobId) -> Result<Job, Trans
             return Ok(job);
         }
         tries += 1;
-        match current_state(pool, tenant, id).await? {
+        match current_state(tx, tenant, id).await? {
             None => return Err(TransitionError::NotFound),
             Some(state) if CANCELLABLE.contains(&state) && tries < RACE_TRIES => continue,
             Some(state) => return Err(TransitionError::NotCancellable(state)),
@@ -70,13 +78,12 @@ pub async fn cancel(pool: &PgPool, tenant: &str, id: JobId) -> Result<Job, Trans
 
 /// Runs a `dead` or `cancelled` job again with a fresh attempt budget: attempts keep counting
 /// (so attempt numbers stay unique in the log) but only those after `attempts_base` count
-/// against `max_attempts`. The job is due at once and the relay is woken in the same
-/// transaction; `last_error` is kept as history until the next attempt overwrites it.
-#[tracing::instrument(name = "job.retry", skip(pool), fields(job_id = %id))]
-pub async fn retry(pool: &PgPool, tenant: &str, id: JobId) -> Result<Job, TransitionError> {
+/// against `max_attempts`. The job is due at once and the relay is woken when `tx` commits;
+/// `last_error` is kept as history until the next attempt overwrites it.
+#[tracing::instrument(name = "job.retry", skip(tx), fields(job_id = %id))]
+pub async fn retry(tx: &mut PgConnection, tenant: &str, id: JobId) -> Result<Job, TransitionError> {
     let mut tries = 0;
     loop {
-        let mut tx = pool.begin().await?;
         let retried: Option<Job> = sqlx::query_as(
             "UPDATE jobs
              SET state = 'queued', attempts_base = attempts, run_at = now(),
@@ -93,15 +100,13 @@ pub async fn retry(pool: &PgPool, tenant: &str, id: JobId) -> Result<Job, Transi
                 .bind(OUTBOX_CHANNEL)
                 .execute(&mut *tx)
                 .await?;
-            tx.commit().await?;
             tracing::info!(queue = %job.queue, attempts = job.attempts, "job retried");
             metrics::counter!("conveyor_jobs_retried_total", "queue" => job.queue.clone())
                 .increment(1);
             return Ok(job);
         }
-        tx.rollback().await?;
         tries += 1;
-        match current_state(pool, tenant, id).await? {
+        match current_state(tx, tenant, id).await? {
             None => return Err(TransitionError::NotFound),
             Some(state) if RETRYABLE.contains(&state) && tries < RACE_TRIES => continue,
             Some(state) => return Err(TransitionError::NotRetryable(state)),
@@ -110,10 +115,14 @@ pub async fn retry(pool: &PgPool, tenant: &str, id: JobId) -> Result<Job, Transi
 }
 
 /// The job's state, if the tenant has such a job.
-async fn current_state(pool: &PgPool, tenant: &str, id: JobId) -> sqlx::Result<Option<JobState>> {
+async fn current_state(
+    tx: &mut PgConnection,
+    tenant: &str,
+    id: JobId,
+) -> sqlx::Result<Option<JobState>> {
     sqlx::query_scalar("SELECT state FROM jobs WHERE tenant = $1 AND id = $2")
         .bind(tenant)
         .bind(id)
-        .fetch_optional(pool)
+        .fetch_optional(tx)
         .await
 }

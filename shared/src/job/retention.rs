@@ -4,11 +4,17 @@
 //! Deletion runs in bounded batches (`FOR UPDATE SKIP LOCKED`), so it never holds many locks at
 //! once and several processes may run it together. Attempts go with their job (`ON DELETE
 //! CASCADE`); ledger entries and provider records do not reference jobs and are kept.
+//!
+//! An operator's purge is audited per batch: each batch's transaction holds its own audit
+//! entry, so whatever was deleted is recorded even if a later batch fails.
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
-use crate::relay::OUTBOX_CHANNEL;
+use crate::{
+    audit::{self, Action, Actor},
+    relay::OUTBOX_CHANNEL,
+};
 
 /// Which dead jobs to retry; `None` matches everything.
 #[derive(Debug, Default, Clone)]
@@ -18,9 +24,9 @@ pub struct DeadFilter {
     pub kind: Option<String>,
 }
 
-/// Retries every dead job matching `filter` with a fresh attempt budget; returns how many.
-pub async fn retry_dead(pool: &PgPool, filter: &DeadFilter) -> sqlx::Result<u64> {
-    let mut tx = pool.begin().await?;
+/// Retries every dead job matching `filter` with a fresh attempt budget, in the caller's
+/// transaction (the relay is woken when it commits); returns how many.
+pub async fn retry_dead(tx: &mut PgConnection, filter: &DeadFilter) -> sqlx::Result<u64> {
     let n = sqlx::query(
         "UPDATE jobs SET state = 'queued', attempts_base = attempts, run_at = now(),
                 published_at = NULL, finished_at = NULL, result = NULL, updated_at = now()
@@ -41,21 +47,24 @@ pub async fn retry_dead(pool: &PgPool, filter: &DeadFilter) -> sqlx::Result<u64>
             .execute(&mut *tx)
             .await?;
     }
-    tx.commit().await?;
     Ok(n)
 }
 
 /// Deletes jobs that finished before `cutoff` (succeeded and cancelled; dead ones too when
 /// `include_dead`), `batch` at a time; returns how many were deleted. Idempotency keys older
-/// than the cutoff go too, since the jobs they point at may be gone.
+/// than the cutoff go too (with the last batch), since the jobs they point at may be gone.
+/// With `audit`, each batch's transaction records a `jobs.purge` entry by that actor with the
+/// batch's number and count.
 pub async fn purge_finished(
     pool: &PgPool,
     cutoff: DateTime<Utc>,
     include_dead: bool,
     batch: i64,
+    audit: Option<&Actor>,
 ) -> sqlx::Result<u64> {
     let mut total = 0;
-    loop {
+    for number in 1.. {
+        let mut tx = pool.begin().await?;
         let n = sqlx::query(
             "DELETE FROM jobs WHERE id IN (
                  SELECT id FROM jobs
@@ -67,17 +76,27 @@ pub async fn purge_finished(
         .bind(cutoff)
         .bind(include_dead)
         .bind(batch)
-        .execute(pool)
+        .execute(&mut *tx)
         .await?
         .rows_affected();
         total += n;
-        if (n as i64) < batch {
+        let last = (n as i64) < batch;
+        if last {
+            sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
+                .bind(cutoff)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(actor) = audit {
+            let detail = serde_json::json!({
+                "cutoff": cutoff, "include_dead": include_dead, "batch": number, "deleted": n,
+            });
+            audit::record(&mut *tx, actor, Action::JobsPurge, None, detail).await?;
+        }
+        tx.commit().await?;
+        if last {
             break;
         }
     }
-    sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
-        .bind(cutoff)
-        .execute(pool)
-        .await?;
     Ok(total)
 }

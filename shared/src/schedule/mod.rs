@@ -13,7 +13,7 @@ pub mod misfire;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgExecutor, PgPool};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -312,7 +312,7 @@ fn name_taken(e: sqlx::Error, name: &str) -> ScheduleError {
 impl Schedule {
     /// Stores a new schedule; a running one is due at its first tick after `now`.
     pub async fn create(
-        pool: &PgPool,
+        db: impl PgExecutor<'_>,
         tenant: &str,
         new: &NewSchedule,
         now: DateTime<Utc>,
@@ -337,7 +337,7 @@ impl Schedule {
         .bind(new.misfire)
         .bind(new.paused)
         .bind(next_run_at)
-        .fetch_one(pool)
+        .fetch_one(db)
         .await
         .map_err(|e| name_taken(e, &new.name))
     }
@@ -369,16 +369,16 @@ impl Schedule {
         .await
     }
 
-    /// Applies `changes` under the row lock. The lock waits for a scheduler that is emitting
-    /// this schedule's ticks right now, so once a pause is answered no tick follows it.
+    /// Applies `changes` under the row lock, in the caller's transaction `tx` (which holds the
+    /// lock until it commits). The lock waits for a scheduler that is emitting this schedule's
+    /// ticks right now, so once a pause is answered no tick follows it.
     pub async fn update(
-        pool: &PgPool,
+        tx: &mut PgConnection,
         tenant: &str,
         id: Uuid,
         changes: &ScheduleChanges,
         now: DateTime<Utc>,
     ) -> Result<Schedule, ScheduleError> {
-        let mut tx = pool.begin().await?;
         let current: Schedule =
             sqlx::query_as("SELECT * FROM schedules WHERE tenant = $1 AND id = $2 FOR UPDATE")
                 .bind(tenant)
@@ -423,16 +423,15 @@ impl Schedule {
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| name_taken(e, &name))?;
-        tx.commit().await?;
         Ok(updated)
     }
 
     /// Deletes a schedule; the jobs it emitted stay. Returns whether it existed.
-    pub async fn delete(pool: &PgPool, tenant: &str, id: Uuid) -> sqlx::Result<bool> {
+    pub async fn delete(db: impl PgExecutor<'_>, tenant: &str, id: Uuid) -> sqlx::Result<bool> {
         let deleted = sqlx::query("DELETE FROM schedules WHERE tenant = $1 AND id = $2")
             .bind(tenant)
             .bind(id)
-            .execute(pool)
+            .execute(db)
             .await?
             .rows_affected();
         Ok(deleted > 0)
