@@ -31,6 +31,17 @@ pub struct Config {
     pub rate_limit_burst: u32,
     /// A request still unanswered after this is answered 503 (`CONVEYOR_REQUEST_TIMEOUT_MS`).
     pub request_timeout: Duration,
+    /// Failed authentications per second per client address (`CONVEYOR_AUTH_FAIL_RPS`; 0
+    /// disables); an address over it is refused every request until `Retry-After`.
+    pub auth_fail_rps: u32,
+    /// Failed authentications an address may make at once (`CONVEYOR_AUTH_FAIL_BURST`).
+    pub auth_fail_burst: u32,
+    /// Open connections at most (`CONVEYOR_API_MAX_CONNECTIONS`; 0 means no cap); more wait in
+    /// the accept backlog.
+    pub max_connections: usize,
+    /// A connection that sends no complete request head for this long, idle keep-alive ones
+    /// included, is closed (`CONVEYOR_API_HEADER_TIMEOUT_MS`; 0 means never).
+    pub header_read_timeout: Duration,
     /// Run the outbox relay in this process (on by default; off lets tests hold jobs back).
     pub run_relay: bool,
 }
@@ -39,6 +50,14 @@ pub const DEFAULT_RATE_LIMIT_RPS: u32 = 100;
 /// As large as the largest batch, so that one full batch passes when a key is idle.
 pub const DEFAULT_RATE_LIMIT_BURST: u32 = 1000;
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// A client that gets its token wrong keeps a few tries a minute; a guesser gets nowhere.
+pub const DEFAULT_AUTH_FAIL_RPS: u32 = 1;
+pub const DEFAULT_AUTH_FAIL_BURST: u32 = 20;
+/// Well under the usual 1024 open files per process, with room for the pool and the broker.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+/// hyper's own default: long enough for a slow mobile client, short enough that idle
+/// connections give their slot back.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -74,6 +93,16 @@ impl Config {
                 "CONVEYOR_REQUEST_TIMEOUT_MS",
                 DEFAULT_REQUEST_TIMEOUT.as_millis() as u64,
             )?),
+            auth_fail_rps: config::parse_or("CONVEYOR_AUTH_FAIL_RPS", DEFAULT_AUTH_FAIL_RPS)?,
+            auth_fail_burst: config::parse_or("CONVEYOR_AUTH_FAIL_BURST", DEFAULT_AUTH_FAIL_BURST)?,
+            max_connections: config::parse_or(
+                "CONVEYOR_API_MAX_CONNECTIONS",
+                DEFAULT_MAX_CONNECTIONS,
+            )?,
+            header_read_timeout: Duration::from_millis(config::parse_or(
+                "CONVEYOR_API_HEADER_TIMEOUT_MS",
+                DEFAULT_HEADER_READ_TIMEOUT.as_millis() as u64,
+            )?),
             run_relay: config::parse_or("CONVEYOR_API_RELAY", true)?,
         })
     }
@@ -98,6 +127,10 @@ impl fmt::Debug for Config {
             .field("rate_limit_rps", &self.rate_limit_rps)
             .field("rate_limit_burst", &self.rate_limit_burst)
             .field("request_timeout", &self.request_timeout)
+            .field("auth_fail_rps", &self.auth_fail_rps)
+            .field("auth_fail_burst", &self.auth_fail_burst)
+            .field("max_connections", &self.max_connections)
+            .field("header_read_timeout", &self.header_read_timeout)
             .field("run_relay", &self.run_relay)
             .finish()
     }

@@ -47,6 +47,8 @@ pub enum ApiError {
     ScheduleNameTaken(String),
     #[error("this key's request rate limit is exhausted; retry in {0} s")]
     RateLimited(u64),
+    #[error("too many failed authentication attempts from this address; retry in {0} s")]
+    AuthRateLimited(u64),
     #[error("the request took longer than {0} ms")]
     Timeout(u128),
     #[error("internal error")]
@@ -119,6 +121,11 @@ impl ApiError {
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
                 "Too many requests",
+            ),
+            AuthRateLimited(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "auth_rate_limited",
+                "Too many failed authentications",
             ),
             Timeout(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -208,7 +215,7 @@ impl IntoResponse for ApiError {
             request_id: None,
         };
         let retry_after = match &self {
-            ApiError::RateLimited(secs) => Some(*secs),
+            ApiError::RateLimited(secs) | ApiError::AuthRateLimited(secs) => Some(*secs),
             _ => None,
         };
         match self {

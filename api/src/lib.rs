@@ -5,6 +5,8 @@
 
 /// Bearer-token authentication and scope checks.
 pub mod auth;
+/// Per-address budget for failed authentication (429 with `Retry-After`).
+pub mod auth_failures;
 /// JSON bodies with field-level errors and size limits.
 pub mod body;
 /// `conveyor-api keys ...` and `migrate`: operator commands.
@@ -21,6 +23,8 @@ pub mod pagination;
 pub mod ratelimit;
 /// The routes, one file per resource.
 pub mod routes;
+/// Serving HTTP/1.1 with a connection cap and a request-head deadline.
+pub mod server;
 /// Building and running the server and its relay.
 pub mod startup;
 

@@ -161,10 +161,11 @@ fn declare_problems(operation: &mut Operation, by_id: bool) {
     responses.entry("429".to_owned()).or_insert_with(|| {
         let retry_after = HeaderBuilder::new()
             .schema(ObjectBuilder::new().schema_type(Type::Integer))
-            .description(Some("Seconds until this key may send again"))
+            .description(Some("Seconds until this key (or address) may send again"))
             .build();
         ResponseBuilder::from(problem(
-            "`rate_limited`: this key's request budget is spent; retry after `Retry-After` seconds",
+            "`rate_limited`: this key's request budget is spent; `auth_rate_limited`: too many \
+             failed authentications from this address. Retry after `Retry-After` seconds",
         ))
         .header("Retry-After", retry_after)
         .build()

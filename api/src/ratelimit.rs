@@ -92,7 +92,7 @@ impl RateLimiter {
 }
 
 /// Whole seconds to wait, rounded up and at least 1 (`Retry-After` has no finer unit).
-fn retry_after_secs(wait: Duration) -> u64 {
+pub(crate) fn retry_after_secs(wait: Duration) -> u64 {
     (wait.as_secs_f64().ceil() as u64).max(1)
 }
 

@@ -22,7 +22,14 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
-use crate::{config::Config, error::ApiError, ratelimit::RateLimiter, routes};
+use crate::{
+    auth_failures::{self, AuthFailureLimiter},
+    config::Config,
+    error::ApiError,
+    ratelimit::RateLimiter,
+    routes,
+    server::{self, ConnectionLimits},
+};
 
 /// What handlers share: the pool and the request limits. Nothing else.
 #[derive(Clone)]
@@ -46,6 +53,9 @@ pub struct Application {
     listener: tokio::net::TcpListener,
     router: Router,
     relay: Option<Relay>,
+    /// Kept here as well as in the router, to sweep it while serving.
+    auth_failures: Arc<AuthFailureLimiter>,
+    connection_limits: ConnectionLimits,
     pub pool: PgPool,
 }
 
@@ -86,11 +96,20 @@ impl Application {
             // readiness hostage to it.
             health.set_broker_connected(true);
         }
+        let auth_failures = Arc::new(AuthFailureLimiter::new(
+            config.auth_fail_rps,
+            config.auth_fail_burst,
+        ));
         let listener = tokio::net::TcpListener::bind(config.addr).await?;
         Ok(Self {
             listener,
-            router: router(state, health, config.request_timeout),
+            router: router(state, health, config.request_timeout, auth_failures.clone()),
             relay,
+            auth_failures,
+            connection_limits: ConnectionLimits {
+                max_connections: config.max_connections,
+                header_read_timeout: config.header_read_timeout,
+            },
             pool,
         })
     }
@@ -107,13 +126,18 @@ impl Application {
         let relay = self
             .relay
             .map(|relay| tokio::spawn(relay.run(shutdown.clone())));
-        // The peer address is what the audit trail records as "from where".
-        let service = self
-            .router
-            .into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(self.listener, service)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await?;
+        let sweeper = tokio::spawn(
+            self.auth_failures
+                .sweep(auth_failures::SWEEP_INTERVAL, shutdown.clone()),
+        );
+        server::serve(
+            self.listener,
+            self.router,
+            self.connection_limits,
+            shutdown.clone(),
+        )
+        .await;
+        sweeper.await?;
         if let Some(relay) = relay {
             relay.await?;
         }
@@ -121,7 +145,12 @@ impl Application {
     }
 }
 
-pub fn router(state: AppState, health: Health, request_timeout: Duration) -> Router {
+pub fn router(
+    state: AppState,
+    health: Health,
+    request_timeout: Duration,
+    auth_failures: Arc<AuthFailureLimiter>,
+) -> Router {
     let api = Router::new()
         .route(
             "/v1/jobs",
@@ -150,7 +179,13 @@ pub fn router(state: AppState, health: Health, request_timeout: Duration) -> Rou
         .route("/", get(routes::dashboard::index))
         .route("/dashboard.js", get(routes::dashboard::script))
         .route("/dashboard.css", get(routes::dashboard::style))
-        .with_state(state);
+        .with_state(state)
+        // Probes stay outside: an orchestrator sharing an address with an abuser must still
+        // see the api alive.
+        .layer(middleware::from_fn_with_state(
+            auth_failures,
+            auth_failures::guard,
+        ));
     api.merge(probe::router(health))
         .layer(middleware::from_fn(move |request, next| {
             timeout(request_timeout, request, next)

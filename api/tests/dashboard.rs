@@ -1,15 +1,36 @@
 //! The ops dashboard at `/`: its security headers, and an end-to-end run in headless Chromium
 //! (`browser-tests/dashboard.mjs`, playwright-core) that sees the queues, retries a dead job
-//! from the table and sees it succeed. `scripts/ensure-browser.sh` installs Chromium and
-//! playwright-core; `scripts/test.sh` runs it first, so CI has both.
+//! from the table and sees it succeed, sees script-bearing markup in a payload and in an error
+//! shown as inert text, and sees the token sent only in the Authorization header.
+//! `scripts/ensure-browser.sh` installs Chromium and playwright-core; `scripts/test.sh` runs it
+//! first, so CI has both.
 
 mod support;
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{path::Path, process::Command, sync::Arc, time::Duration};
 
 use reqwest::{StatusCode, header};
 use serde_json::json;
 use support::{Options, TestApp, noop};
+use tokio_util::sync::CancellationToken;
+
+/// Markup that runs script if parsed as HTML: a script element, an event handler, and an
+/// attribute-breaking prefix for a string placed inside an attribute.
+const XSS: &str = r#"<script>window.__xss=1</script> <img src=x onerror="window.__xss=1"> "><svg onload=window.__xss=1>"#;
+
+/// A webhook receiver on loopback that refuses every delivery with `XSS` as its body, which the
+/// worker quotes in the job's error: the way text from outside reaches `last_error`.
+async fn hostile_receiver(stop: CancellationToken) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().fallback(|| async { (axum::http::StatusCode::BAD_REQUEST, XSS) });
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+    });
+    addr
+}
 
 async fn spawn_without_worker() -> TestApp {
     TestApp::spawn_with(Options {
@@ -83,24 +104,40 @@ async fn in_chromium_an_operator_sees_the_queues_and_retries_a_dead_job() {
          run scripts/ensure-browser.sh (scripts/test.sh does)",
         dir.display()
     );
-    let app = TestApp::spawn().await;
+    // The worker may call loopback webhooks and can sign them.
+    let app = TestApp::spawn_with(Options {
+        configure_worker: Some(Arc::new(|c| {
+            c.egress_allow = vec!["127.0.0.0/8".parse().unwrap()];
+            c.webhook_secret = Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into());
+        })),
+        ..Default::default()
+    })
+    .await;
+    let stop_receiver = CancellationToken::new();
+    let receiver = hostile_receiver(stop_receiver.clone()).await;
     // Fails its only attempt, then succeeds when retried (attempt 2 > fail_times 1).
     let dead = app
         .enqueue(json!({"kind": "noop", "max_attempts": 1, "payload": {"fail_times": 1}}))
         .await;
     app.wait_for_state(&dead, "dead", Duration::from_secs(10))
         .await;
-    // A job whose payload holds markup; it dies at once (the test worker has no webhook secret,
-    // and the egress policy refuses loopback targets).
+    // A job with markup in its payload, and in its error: the receiver answers 400 with markup,
+    // which the worker quotes, and the job dies (its only attempt, and a 400 is permanent).
+    // The receiver is named by host name: the api refuses internal IP literals outright.
     let markup = app
         .enqueue(
             json!({"kind": "webhook.deliver", "max_attempts": 1, "payload": {
-            "url": "http://localhost:9/<b>hook</b>", "event": "<img src=x>",
-            "data": {"note": "<b>not markup</b>"}}}),
+            "url": format!("http://localhost:{}/hook", receiver.port()), "event": XSS,
+            "data": {"note": XSS}}}),
         )
         .await;
-    app.wait_for_state(&markup, "dead", Duration::from_secs(10))
+    let dead_markup = app
+        .wait_for_state(&markup, "dead", Duration::from_secs(10))
         .await;
+    assert!(
+        dead_markup["last_error"].as_str().unwrap().contains(XSS),
+        "the error should quote the receiver: {dead_markup:#}"
+    );
     for _ in 0..5 {
         app.enqueue(noop(json!({"sleep_ms": 30}))).await;
     }
@@ -112,7 +149,8 @@ async fn in_chromium_an_operator_sees_the_queues_and_retries_a_dead_job() {
         .arg(&app.token)
         .arg(&dead)
         .arg(&markup)
-        .env("CHROMIUM_PATH", &chromium);
+        .env("CHROMIUM_PATH", &chromium)
+        .env("XSS_TEXT", XSS);
     // CONVEYOR_DASHBOARD_SCREENSHOT=docs/dashboard.png refreshes the README's screenshot.
     if let Ok(path) = std::env::var("CONVEYOR_DASHBOARD_SCREENSHOT") {
         command.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path));
@@ -131,5 +169,6 @@ async fn in_chromium_an_operator_sees_the_queues_and_retries_a_dead_job() {
     assert!(stdout.contains("dashboard ok"), "{stdout}\n{stderr}");
     let job = app.get_json(&format!("/v1/jobs/{dead}")).await;
     assert_eq!(job["state"], "succeeded", "{job:#}");
+    stop_receiver.cancel();
     app.stop().await;
 }

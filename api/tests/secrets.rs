@@ -174,6 +174,10 @@ fn configuration_debug_output_redacts_secrets() {
         rate_limit_rps: 0,
         rate_limit_burst: 0,
         request_timeout: Duration::from_secs(1),
+        auth_fail_rps: 0,
+        auth_fail_burst: 0,
+        max_connections: 1,
+        header_read_timeout: Duration::from_secs(1),
         run_relay: false,
     };
     for text in [

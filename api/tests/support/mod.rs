@@ -49,6 +49,11 @@ pub struct Options {
     pub rate_limit: (u32, u32),
     pub request_timeout: Duration,
     pub max_payload_bytes: usize,
+    /// Failed authentications per address (per second, burst); 0 disables. Off by default:
+    /// the auth tests send many bad tokens on purpose.
+    pub auth_fail_limit: (u32, u32),
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
 }
 
 impl Default for Options {
@@ -60,6 +65,9 @@ impl Default for Options {
             rate_limit: (0, 0),
             request_timeout: conveyor_api::config::DEFAULT_REQUEST_TIMEOUT,
             max_payload_bytes: conveyor_shared::enqueue::DEFAULT_MAX_PAYLOAD_BYTES,
+            auth_fail_limit: (0, 0),
+            max_connections: conveyor_api::config::DEFAULT_MAX_CONNECTIONS,
+            header_read_timeout: conveyor_api::config::DEFAULT_HEADER_READ_TIMEOUT,
         }
     }
 }
@@ -115,6 +123,10 @@ impl TestApp {
             rate_limit_rps: options.rate_limit.0,
             rate_limit_burst: options.rate_limit.1,
             request_timeout: options.request_timeout,
+            auth_fail_rps: options.auth_fail_limit.0,
+            auth_fail_burst: options.auth_fail_limit.1,
+            max_connections: options.max_connections,
+            header_read_timeout: options.header_read_timeout,
             run_relay: true,
         };
         let app = Application::build(config).await.unwrap_or_else(|e| {
