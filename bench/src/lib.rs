@@ -44,7 +44,6 @@ pub async fn measure(args: &Args) -> anyhow::Result<Report> {
     let args = args.clone();
     // reqwest is built with rustls and no provider of its own (the workspace's one TLS stack).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let target = throughput::Target::connect(&args).await?;
     let mut report = Report::default();
     let idle = memory::sample(&args.processes());
     report.memory_idle(&idle);
@@ -54,6 +53,19 @@ pub async fn measure(args: &Args) -> anyhow::Result<Report> {
     if args.wants(Section::RawPostgres) {
         report.raw_postgres(&raw_postgres::run(&args).await?);
     }
+    let needs_stack = [
+        Section::Batch,
+        Section::Single,
+        Section::Latency,
+        Section::Start,
+        Section::Soak,
+    ]
+    .into_iter()
+    .any(|s| args.wants(s));
+    if !needs_stack {
+        return Ok(report);
+    }
+    let target = throughput::Target::connect(&args).await?;
     if args.wants(Section::Batch) {
         report.throughput(&throughput::batch(&target, &args).await?);
     }
