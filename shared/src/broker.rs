@@ -8,12 +8,16 @@
 //! connection error it drops everything and connects afresh with [`Backoff`]. lapin's own
 //! auto-recovery is not used: after recovery lapin redelivers in-flight messages anyway, and a
 //! fresh connection keeps the code path single and testable (cut a proxy, watch it come back).
+//!
+//! `amqps://` URLs connect over TLS (rustls with the ring provider, the platform's trust store
+//! plus the roots of `CONVEYOR_AMQP_CA_FILE`); the certificate is verified against the URL's host.
 
 use std::time::{Duration, Instant};
 
 use lapin::{
     Channel, Connection, ConnectionProperties,
     options::QueueDeclareOptions,
+    tcp::OwnedTLSConfig,
     types::{AMQPValue, FieldTable},
 };
 use secrecy::ExposeSecret;
@@ -38,7 +42,19 @@ pub fn queue_name(config: &BrokerConfig, queue: &str) -> String {
 pub async fn connect(config: &BrokerConfig, role: &str) -> lapin::Result<Connection> {
     let props = ConnectionProperties::default()
         .with_connection_name(format!("conveyor-{role}-{}", std::process::id()).into());
-    Connection::connect(config.url.expose_secret(), props).await
+    // lapin's TLS connector takes the process-wide provider, falling back to one of its own.
+    crate::tls::install();
+    let tls = OwnedTLSConfig {
+        identity: None,
+        cert_chain: config.ca.as_ref().map(|ca| ca.pem().to_owned()),
+    };
+    Connection::connect_with_config(
+        config.url.expose_secret(),
+        props,
+        tls,
+        lapin::runtime::default_runtime()?,
+    )
+    .await
 }
 
 /// The queue that collects messages no worker can process (undecodable, or naming an unknown

@@ -3,7 +3,12 @@
 //! Each service has one `Config` struct of its own that embeds the pieces here; defaults are the
 //! ones in ARCHITECTURE.md so that `cargo run` works against a local Postgres and RabbitMQ.
 
-use std::{fmt, str::FromStr, time::Duration};
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
 
 use secrecy::{ExposeSecret, SecretString};
 
@@ -92,6 +97,9 @@ pub struct BrokerConfig {
     /// RabbitMQ's management API (`CONVEYOR_RABBITMQ_MANAGEMENT_URL`), for unacked counts;
     /// `None` when set empty.
     pub management_url: Option<String>,
+    /// Extra roots trusted for `amqps://` (`CONVEYOR_AMQP_CA_FILE`), e.g. a self-signed broker's
+    /// CA; the platform's trust store is always used as well.
+    pub ca: Option<CaCertificates>,
 }
 
 impl BrokerConfig {
@@ -106,8 +114,22 @@ impl BrokerConfig {
                 reason: format!("expected quorum or classic, got {queue_type:?}"),
             });
         }
+        let url = var_or("AMQP_URL", Self::DEFAULT_URL);
+        let ca = match std::env::var("CONVEYOR_AMQP_CA_FILE") {
+            Ok(path) if !path.trim().is_empty() => {
+                // A CA for a plain connection would be silently ignored: say so instead.
+                if !url.trim_start().starts_with("amqps://") {
+                    return Err(ConfigError {
+                        name: "CONVEYOR_AMQP_CA_FILE",
+                        reason: "is set, but AMQP_URL does not start with amqps://".into(),
+                    });
+                }
+                Some(CaCertificates::load("CONVEYOR_AMQP_CA_FILE", path.trim())?)
+            }
+            _ => None,
+        };
         Ok(Self {
-            url: SecretString::from(var_or("AMQP_URL", Self::DEFAULT_URL)),
+            url: SecretString::from(url),
             queue_prefix: var_or("CONVEYOR_QUEUE_PREFIX", "conveyor"),
             queue_type,
             reconnect_min: millis_or("CONVEYOR_RECONNECT_MIN_MS", 200)?,
@@ -117,6 +139,7 @@ impl BrokerConfig {
                 Ok(v) => Some(v.trim().to_owned()),
                 Err(_) => Some(Self::DEFAULT_MANAGEMENT_URL.to_owned()),
             },
+            ca,
         })
     }
 
@@ -128,6 +151,7 @@ impl BrokerConfig {
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(2),
             management_url: Some(Self::DEFAULT_MANAGEMENT_URL.to_owned()),
+            ca: None,
         }
     }
 }
@@ -138,7 +162,49 @@ impl fmt::Debug for BrokerConfig {
             .field("url", &redact_url(self.url.expose_secret()))
             .field("queue_prefix", &self.queue_prefix)
             .field("queue_type", &self.queue_type)
+            .field("ca", &self.ca.as_ref().map(|ca| ca.path.display()))
             .finish()
+    }
+}
+
+/// PEM root certificates read from a file once, at startup: a missing or unreadable file, or one
+/// without a single certificate, is a configuration error rather than a TLS failure on every
+/// reconnect (rustls would silently skip what it cannot parse).
+#[derive(Clone)]
+pub struct CaCertificates {
+    pub path: PathBuf,
+    pem: String,
+}
+
+impl CaCertificates {
+    /// Reads and checks the PEM file at `path`; `name` is the variable it came from, for errors.
+    pub fn load(name: &'static str, path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+
+        let path = path.as_ref();
+        let error = |reason: String| ConfigError { name, reason };
+        let pem = std::fs::read_to_string(path)
+            .map_err(|e| error(format!("cannot read {}: {e}", path.display())))?;
+        let mut count = 0;
+        for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            cert.map_err(|e| error(format!("{}: invalid PEM: {e}", path.display())))?;
+            count += 1;
+        }
+        if count == 0 {
+            return Err(error(format!(
+                "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                path.display()
+            )));
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            pem,
+        })
+    }
+
+    /// The certificates as PEM text.
+    pub fn pem(&self) -> &str {
+        &self.pem
     }
 }
 
@@ -202,5 +268,21 @@ mod tests {
             "postgres://postgres@db:5432/conveyor"
         );
         assert_eq!(redact_url("nonsense"), "<unparseable url>");
+    }
+
+    #[test]
+    fn a_ca_file_must_hold_a_certificate() {
+        let dir = std::env::temp_dir().join(format!("conveyor-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let e = CaCertificates::load("X", &empty).err().unwrap().to_string();
+        assert!(e.contains("no PEM certificate"), "{e}");
+        let e = CaCertificates::load("X", dir.join("missing.pem"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("cannot read"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

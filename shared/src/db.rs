@@ -2,6 +2,10 @@
 //!
 //! `connect` creates the database named in the URL when it does not exist yet, so a fresh local
 //! Postgres (or a fresh test database) needs no manual step.
+//!
+//! TLS comes from the URL alone (`sslmode=require`, `verify-full` with `sslrootcert=...`; rustls
+//! with ring): every connection made here, the admin one that creates the database included, is
+//! built from the same parsed options, so none of them falls back to a weaker mode.
 
 use std::{str::FromStr, time::Duration};
 

@@ -6,9 +6,15 @@ use std::{io::IsTerminal, sync::OnceLock};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
+/// Caps the crate that would log the broker password at TRACE (its `Connecting.` event).
+const AMQP_TCP_QUIET: &str = "amq_protocol_tcp=debug";
+
 /// Installs the global tracing subscriber; a second call (tests) is a no-op.
 pub fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+        // amq-protocol-tcp traces the parsed AMQP URL, password included, whatever RUST_LOG says.
+        .add_directive(AMQP_TCP_QUIET.parse().expect("a valid directive"));
     let json = match std::env::var("CONVEYOR_LOG_FORMAT").as_deref() {
         Ok("json") => true,
         Ok("pretty") => false,

@@ -11,7 +11,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use conveyor_api::{Application, Config as ApiConfig};
 use conveyor_shared::{
-    config::{BrokerConfig, DatabaseConfig},
+    config::{BrokerConfig, CaCertificates, DatabaseConfig},
     keys::{ApiKey, Scope},
     relay::RelayConfig,
 };
@@ -42,6 +42,11 @@ pub struct Options {
     pub worker: bool,
     /// The AMQP URL the api's relay uses (e.g. through a cuttable proxy).
     pub api_amqp_url: Option<String>,
+    /// The AMQP URL of the api and the worker, and the roots they trust for `amqps://`;
+    /// the plain local broker by default.
+    pub amqp: Option<(String, Option<CaCertificates>)>,
+    /// Appended to the database URL of the api and the worker, e.g. `?sslmode=require`.
+    pub database_params: String,
     /// Adjusts the in-process worker's configuration (service URLs, secrets, limits).
     pub configure_worker: Option<ConfigureWorker>,
     /// The api's per-key (requests per second, burst); 0 disables. Off by default: tests send
@@ -61,6 +66,8 @@ impl Default for Options {
         Self {
             worker: true,
             api_amqp_url: None,
+            amqp: None,
+            database_params: String::new(),
             configure_worker: None,
             rate_limit: (0, 0),
             request_timeout: conveyor_api::config::DEFAULT_REQUEST_TIMEOUT,
@@ -95,8 +102,16 @@ impl TestApp {
         conveyor_worker::tls::install();
         let id = Uuid::new_v4().simple().to_string();
         let db_name = format!("conveyor_test_{id}");
-        let database = DatabaseConfig::with_url(format!("{}/{db_name}", pg_server()));
-        let broker = BrokerConfig::with_url(amqp_url(), format!("test-{id}"));
+        let database = DatabaseConfig::with_url(format!(
+            "{}/{db_name}{}",
+            pg_server(),
+            options.database_params
+        ));
+        let (broker_url, ca) = options.amqp.clone().unwrap_or_else(|| (amqp_url(), None));
+        let broker = BrokerConfig {
+            ca,
+            ..BrokerConfig::with_url(broker_url, format!("test-{id}"))
+        };
         let token = format!("cvy_test_{id}");
         let queues = vec![
             "default".to_owned(),
@@ -106,7 +121,11 @@ impl TestApp {
         let config = ApiConfig {
             database: database.clone(),
             broker: BrokerConfig {
-                url: options.api_amqp_url.clone().unwrap_or_else(amqp_url).into(),
+                url: options
+                    .api_amqp_url
+                    .clone()
+                    .map(Into::into)
+                    .unwrap_or_else(|| broker.url.clone()),
                 ..broker.clone()
             },
             addr: "127.0.0.1:0".parse().unwrap(),
@@ -148,6 +167,7 @@ impl TestApp {
         if options.worker {
             let mut wconfig =
                 worker_config(&db_name, &broker, &format!("test-worker-{}", &id[..8]));
+            wconfig.database = database.clone();
             if let Some(configure) = &options.configure_worker {
                 configure(&mut wconfig);
             }
