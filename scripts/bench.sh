@@ -12,8 +12,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/conveyor-target}"
-cargo build --release --quiet -p conveyor-api -p conveyor-worker -p conveyor-bench
-bin="$CARGO_TARGET_DIR/release"
+# CONVEYOR_BENCH_BIN_DIR runs binaries built elsewhere (e.g. to compare two versions).
+if [ -n "${CONVEYOR_BENCH_BIN_DIR:-}" ]; then
+    bin="$CONVEYOR_BENCH_BIN_DIR"
+else
+    cargo build --release --quiet -p conveyor-api -p conveyor-worker -p conveyor-bench
+    bin="$CARGO_TARGET_DIR/release"
+fi
 
 db="${CONVEYOR_BENCH_DB:-conveyor_bench}"
 psql -q -h 127.0.0.1 -U postgres -d postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null
@@ -22,7 +27,9 @@ for q in default transactions integrations dead-letter; do
     rabbitmqctl -q delete_queue "conveyor-bench.$q" >/dev/null 2>&1 || true
 done
 
-export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db"
+# Plain connections over loopback, as in docker-compose.yml (whose Postgres has no TLS); with
+# sslmode left at its default (prefer), this machine's TLS-enabled Postgres would be used over TLS.
+export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db?sslmode=disable"
 export AMQP_URL="${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
 export CONVEYOR_QUEUE_PREFIX=conveyor-bench
 export CONVEYOR_BOOTSTRAP_TOKEN=bench-token

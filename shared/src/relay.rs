@@ -1,13 +1,17 @@
 //! The outbox relay: moves due jobs from Postgres to RabbitMQ.
 //!
-//! Guarantee: a job is marked published only after RabbitMQ confirmed it (persistent message,
-//! publisher confirms, mandatory routing). If anything fails in between, the transaction rolls
-//! back and the job is published again later; a duplicate message is harmless because the
+//! Guarantee: every due job reaches RabbitMQ (persistent message, publisher confirms, mandatory
+//! routing) at least once. A batch is marked published in Postgres, then sent; if sending or a
+//! confirm fails, the marks are cleared at once and the jobs go out with a later batch; if the
+//! relay dies in between, or RabbitMQ loses a message, [`crate::outbox::republish_stale`] finds
+//! the job still `queued` and publishes it again. A duplicate message is harmless because the
 //! worker's claim only succeeds on a `queued` job. While RabbitMQ is away, jobs simply wait in
-//! Postgres and the relay reconnects with backoff.
+//! Postgres and the relay reconnects with backoff. Replicas share the work through
+//! `FOR UPDATE SKIP LOCKED` (see [`crate::outbox`]).
 
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use lapin::{
     BasicProperties, Channel, Connection,
     options::*,
@@ -35,6 +39,9 @@ pub struct RelayConfig {
     pub poll_interval: Duration,
     /// How long to wait for RabbitMQ to confirm a batch before giving up on the connection.
     pub confirm_timeout: Duration,
+    /// A job still `queued` this long after it was published, while its RabbitMQ queue holds
+    /// no ready message, is published again (its message was lost).
+    pub republish_after: Duration,
 }
 
 impl RelayConfig {
@@ -43,6 +50,10 @@ impl RelayConfig {
             batch_size: config::parse_or("CONVEYOR_RELAY_BATCH", 500)?,
             poll_interval: config::millis_or("CONVEYOR_RELAY_POLL_MS", 250)?,
             confirm_timeout: config::millis_or("CONVEYOR_RELAY_CONFIRM_TIMEOUT_MS", 10_000)?,
+            republish_after: Duration::from_secs(config::parse_or(
+                "CONVEYOR_RELAY_REPUBLISH_AFTER_SECS",
+                300,
+            )?),
         })
     }
 }
@@ -53,6 +64,7 @@ impl Default for RelayConfig {
             batch_size: 500,
             poll_interval: Duration::from_millis(250),
             confirm_timeout: Duration::from_secs(10),
+            republish_after: Duration::from_secs(300),
         }
     }
 }
@@ -152,7 +164,15 @@ impl Relay {
                 None
             }
         };
+        let mut sweep = tokio::time::interval(
+            (self.config.republish_after / 4)
+                .clamp(Duration::from_millis(100), Duration::from_secs(60)),
+        );
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            if sweep.tick().now_or_never().is_some() {
+                self.republish_lost(&session.channel).await?;
+            }
             match self.publish_batch(&session.channel).await {
                 // A full batch: there is probably more, go again at once.
                 Ok(n) if n as i64 >= self.config.batch_size => continue,
@@ -183,21 +203,44 @@ impl Relay {
         }
     }
 
-    /// Publishes one batch of due jobs in one transaction; returns how many went out.
+    /// Publishes one batch of due jobs; returns how many went out.
     #[tracing::instrument(name = "relay.publish_batch", skip_all, fields(jobs))]
     async fn publish_batch(&self, channel: &Channel) -> Result<usize, RelayError> {
         let started = Instant::now();
+        // Committed before anything is published (see `promote_due`).
         outbox::promote_due(&self.pool).await?;
-        let mut tx = self.pool.begin().await?;
-        let due = outbox::fetch_due(&mut tx, self.config.batch_size).await?;
+        let due = outbox::take_due(&self.pool, self.config.batch_size).await?;
         if due.is_empty() {
             return Ok(0);
         }
         tracing::Span::current().record("jobs", due.len());
+        if let Err(e) = self.send(channel, &due).await {
+            match outbox::release(&self.pool, &due).await {
+                Ok(_) => {}
+                Err(db) => tracing::warn!(error = %db, jobs = due.len(),
+                    "cannot release unsent jobs; they go out again after CONVEYOR_RELAY_REPUBLISH_AFTER_SECS"),
+            }
+            return Err(e);
+        }
+        for job in &due {
+            metrics::counter!("conveyor_relay_published_total", "queue" => job.queue.clone())
+                .increment(1);
+        }
+        metrics::histogram!("conveyor_relay_batch_seconds").record(started.elapsed().as_secs_f64());
+        tracing::debug!(
+            jobs = due.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "published batch"
+        );
+        Ok(due.len())
+    }
+
+    /// Sends `due` and waits for every confirm.
+    async fn send(&self, channel: &Channel, due: &[outbox::DueJob]) -> Result<(), RelayError> {
         // Send everything first, then wait for the confirms together: the broker confirms a
         // pipelined batch about as fast as a single message.
         let mut confirms = Vec::with_capacity(due.len());
-        for job in &due {
+        for job in due {
             let body = serde_json::to_vec(&JobMessage {
                 id: job.id,
                 kind: job.kind.clone(),
@@ -242,20 +285,37 @@ impl Relay {
                 return Err(RelayError::Unroutable(queue));
             }
         }
-        let ids: Vec<_> = due.iter().map(|j| j.id).collect();
-        outbox::mark_published(&mut tx, &ids).await?;
-        tx.commit().await?;
-        for job in &due {
-            metrics::counter!("conveyor_relay_published_total", "queue" => job.queue.clone())
-                .increment(1);
+        Ok(())
+    }
+
+    /// Publishes again the jobs of each queue whose RabbitMQ queue is empty but which are
+    /// still `queued` long after they were published: their messages were lost.
+    async fn republish_lost(&self, channel: &Channel) -> Result<(), RelayError> {
+        for queue in &self.queues {
+            let declared = channel
+                .queue_declare(
+                    broker::queue_name(&self.broker, queue).into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            if declared.message_count() > 0 {
+                continue;
+            }
+            match outbox::republish_stale(&self.pool, queue, self.config.republish_after).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::warn!(queue = %queue, jobs = n, "jobs published long ago are still queued and their RabbitMQ queue is empty; publishing them again");
+                    metrics::counter!("conveyor_relay_republished_total", "queue" => queue.clone())
+                        .increment(n);
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot look for lost messages; will retry"),
+            }
         }
-        metrics::histogram!("conveyor_relay_batch_seconds").record(started.elapsed().as_secs_f64());
-        tracing::debug!(
-            jobs = due.len(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "published batch"
-        );
-        Ok(due.len())
+        Ok(())
     }
 }
 

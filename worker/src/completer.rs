@@ -1,18 +1,20 @@
-//! Records finished attempts in Postgres in batches, then acks their deliveries.
+//! Records finished attempts in Postgres in batches, then acks their deliveries (see
+//! [`crate::acks`] for how acks are batched too).
 //!
 //! The order is the guarantee: a delivery is acked only after its outcome is committed. If the
 //! worker dies in between, RabbitMQ redelivers the message and the claim, finding the job no
 //! longer `queued`, skips it. A failed write is retried (with backoff) rather than dropped.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use conveyor_shared::{
     broker::Backoff,
     job::lifecycle::{self, Completion},
 };
-use lapin::{Acker, options::BasicAckOptions};
 use sqlx::PgPool;
 use tokio::sync::mpsc;
+
+use crate::acks::{AckTracker, Settled};
 
 /// Most completions written in one statement.
 const MAX_BATCH: usize = 512;
@@ -20,7 +22,9 @@ const MAX_BATCH: usize = 512;
 /// A finished attempt waiting to be recorded and acked.
 pub struct Finished {
     pub completion: Completion,
-    pub acker: Acker,
+    pub delivery: Settled,
+    /// The tracker of the channel the delivery came on.
+    pub acks: Arc<AckTracker>,
 }
 
 /// Runs until every sender is dropped and the queue is drained.
@@ -51,20 +55,20 @@ pub async fn run(pool: PgPool, mut rx: mpsc::Receiver<Finished>) {
                 }
             }
         }
+        // Usually one channel; after a reconnect, deliveries of the old one may still be here
+        // (their acks fail harmlessly and RabbitMQ has already requeued them).
+        let mut by_channel: Vec<(Arc<AckTracker>, Vec<Settled>)> = Vec::new();
         for finished in batch.drain(..) {
-            ack(&finished.acker, finished.completion.id).await;
+            match by_channel
+                .iter_mut()
+                .find(|(acks, _)| Arc::ptr_eq(acks, &finished.acks))
+            {
+                Some((_, settled)) => settled.push(finished.delivery),
+                None => by_channel.push((finished.acks, vec![finished.delivery])),
+            }
         }
-    }
-}
-
-/// Acks a delivery. Failure is harmless (the channel is gone; the redelivery will be skipped),
-/// so it is logged rather than propagated.
-pub async fn ack(acker: &Acker, job: conveyor_shared::JobId) {
-    match acker.ack(BasicAckOptions::default()).await {
-        Ok(true) => {}
-        Ok(false) => tracing::warn!(job_id = %job, "delivery was already acked"),
-        Err(e) => {
-            tracing::debug!(job_id = %job, error = %e, "ack failed; RabbitMQ will redeliver and the worker will skip it")
+        for (acks, settled) in by_channel {
+            acks.ack(settled).await;
         }
     }
 }

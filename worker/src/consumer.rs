@@ -35,6 +35,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
+    acks::{AckTracker, Settled},
     completer::{self, Finished},
     config::Config,
     handlers::Registry,
@@ -61,6 +62,8 @@ struct Session {
     channel: Channel,
     tags: Vec<String>,
     deliveries: SelectAll<lapin::Consumer>,
+    /// Delivery tags are per channel, so is the record of which are settled.
+    acks: Arc<AckTracker>,
 }
 
 impl Consumer {
@@ -190,6 +193,7 @@ impl Consumer {
             channel,
             tags,
             deliveries,
+            acks: Arc::default(),
         })
     }
 
@@ -234,7 +238,8 @@ impl Consumer {
                     None => break,
                 }
             }
-            self.dispatch(window, tracker, abandon, done).await;
+            self.dispatch(window, &session.acks, tracker, abandon, done)
+                .await;
             if let Some(e) = failure {
                 return Err(e);
             }
@@ -245,6 +250,7 @@ impl Consumer {
     async fn dispatch(
         self: &Arc<Self>,
         window: Vec<(Delivery, OwnedSemaphorePermit)>,
+        acks: &Arc<AckTracker>,
         tracker: &TaskTracker,
         abandon: &CancellationToken,
         done: &mpsc::Sender<Finished>,
@@ -262,6 +268,7 @@ impl Consumer {
                         .acker
                         .reject(BasicRejectOptions { requeue: false })
                         .await;
+                    acks.settled_elsewhere(&[delivery.delivery_tag]).await;
                 }
             }
         }
@@ -282,6 +289,7 @@ impl Consumer {
                 tracing::warn!(error = %e, jobs = ids.len(), "cannot claim jobs; returning them to RabbitMQ");
                 metrics::counter!("conveyor_claim_errors_total").increment(1);
                 tokio::time::sleep(Duration::from_millis(500)).await;
+                let mut returned = Vec::with_capacity(decoded.len());
                 for (_, delivery, _) in decoded {
                     let _ = delivery
                         .acker
@@ -290,7 +298,9 @@ impl Consumer {
                             multiple: false,
                         })
                         .await;
+                    returned.push(delivery.delivery_tag);
                 }
+                acks.settled_elsewhere(&returned).await;
                 return;
             }
         };
@@ -309,6 +319,7 @@ impl Consumer {
                 Err(_) => HashSet::new(),
             }
         };
+        let mut skipped = Vec::new();
         for (msg, delivery, permit) in decoded {
             let Some(mut job) = claimed.remove(&msg.id) else {
                 if unknown.contains(&msg.id) {
@@ -319,12 +330,17 @@ impl Consumer {
                         .acker
                         .reject(BasicRejectOptions { requeue: false })
                         .await;
+                    acks.settled_elsewhere(&[delivery.delivery_tag]).await;
                     continue;
                 }
                 // Already running, finished or cancelled: a redelivery, safe to drop.
                 tracing::debug!(job_id = %msg.id, redelivered = delivery.redelivered, "job not queued; skipping delivery");
                 metrics::counter!("conveyor_deliveries_skipped_total").increment(1);
-                completer::ack(&delivery.acker, msg.id).await;
+                skipped.push(Settled {
+                    tag: delivery.delivery_tag,
+                    acker: delivery.acker,
+                    job: msg.id,
+                });
                 continue;
             };
             // The message header is how the trace travels; the stored copy covers messages
@@ -335,10 +351,12 @@ impl Consumer {
             let this = Arc::clone(self);
             let done = done.clone();
             let abandon = abandon.clone();
+            let acks = Arc::clone(acks);
             tracker.spawn(async move {
                 tokio::select! {
                     completion = runner::run_job(&this.registry, &job, &this.config.retry) => {
-                        let _ = done.send(Finished { completion, acker: delivery.acker }).await;
+                        let delivery = Settled { tag: delivery.delivery_tag, acker: delivery.acker, job: job.id };
+                        let _ = done.send(Finished { completion, delivery, acks }).await;
                     }
                     // Shutdown grace is over: the claim's lease runs out and the job runs again.
                     _ = abandon.cancelled() => {}
@@ -346,6 +364,7 @@ impl Consumer {
                 drop(permit);
             });
         }
+        acks.ack(skipped).await;
     }
 }
 

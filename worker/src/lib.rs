@@ -11,6 +11,8 @@
 //! concurrency limits are done with tokio primitives in [`runner`] and [`consumer`].
 #![forbid(unsafe_code)]
 
+/// Acks in bulk: one multiple ack up to the highest tag below which all are settled.
+pub mod acks;
 /// Wiring: probe server + consumer, until shutdown.
 pub mod app;
 /// Circuit breakers per destination host for outgoing calls.
