@@ -60,7 +60,9 @@ async fn a_job_lost_with_its_worker_is_reaped_and_runs_again() {
         retry_at: None,
     };
     assert_eq!(
-        lifecycle::complete_batch(&app.pool, &[late]).await.unwrap(),
+        lifecycle::complete_batch(&app.pool, "ghost", &[late])
+            .await
+            .unwrap(),
         0
     );
     let after = app.get_json(&format!("/v1/jobs/{id}")).await;

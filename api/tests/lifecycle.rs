@@ -481,3 +481,60 @@ async fn concurrent_cancels_and_retries_have_one_winner() {
     assert_eq!(job["state"], "queued");
     app.stop().await;
 }
+
+/// RabbitMQ can lose a confirmed message (a purged or deleted queue, a broker restored from an
+/// old disk), and the relay can die between marking a batch and sending it. Either way the job
+/// sits `queued` with no message: the relay notices once its queue is empty and publishes it
+/// again, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_message_was_lost_is_published_again() {
+    let app = TestApp::spawn_with(Options {
+        worker: false,
+        republish_after: Duration::from_millis(600),
+        ..Default::default()
+    })
+    .await;
+    let id = app.enqueue(noop(json!({}))).await;
+    let published = eventually(Duration::from_secs(10), || async {
+        (ready_messages(&app, "default").await == 1).then_some(())
+    })
+    .await;
+    assert!(published.is_some(), "the job was never published");
+
+    // The broker loses the message.
+    let conn = lapin::Connection::connect(&amqp_url(), Default::default())
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let purged = channel
+        .queue_purge(
+            broker::queue_name(&app.broker, "default").into(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(purged, 1);
+    conn.close(200, "done".into()).await.unwrap();
+    assert_eq!(ready_messages(&app, "default").await, 0);
+
+    let again = eventually(Duration::from_secs(10), || async {
+        (ready_messages(&app, "default").await == 1).then_some(())
+    })
+    .await;
+    assert!(again.is_some(), "the lost job {id} was not published again");
+    // Its queue holds a message now, so the relay sends no further copies, however long the
+    // job waits: several republish periods pass here on purpose.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(
+        ready_messages(&app, "default").await,
+        1,
+        "a waiting job must not be published again while its queue is not empty"
+    );
+    let state: String = sqlx::query_scalar("SELECT state::text FROM jobs WHERE id = $1")
+        .bind(Uuid::parse_str(&id).unwrap())
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(state, "queued");
+    app.stop().await;
+}

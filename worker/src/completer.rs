@@ -28,13 +28,13 @@ pub struct Finished {
 }
 
 /// Runs until every sender is dropped and the queue is drained.
-pub async fn run(pool: PgPool, mut rx: mpsc::Receiver<Finished>) {
+pub async fn run(pool: PgPool, worker: String, mut rx: mpsc::Receiver<Finished>) {
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
     let mut batch: Vec<Finished> = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let completions: Vec<Completion> = batch.iter().map(|f| f.completion.clone()).collect();
         loop {
-            match lifecycle::complete_batch(&pool, &completions).await {
+            match lifecycle::complete_batch(&pool, &worker, &completions).await {
                 Ok(changed) => {
                     if (changed as usize) < completions.len() {
                         // The job moved on without us (e.g. a lease reaper took it back).

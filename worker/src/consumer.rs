@@ -75,7 +75,11 @@ impl Consumer {
         // expiry and redelivery instead of holding the process open.
         let abandon = CancellationToken::new();
         let (done_tx, done_rx) = mpsc::channel::<Finished>(this.config.concurrency * 2);
-        let completer = tokio::spawn(completer::run(this.pool.clone(), done_rx));
+        let completer = tokio::spawn(completer::run(
+            this.pool.clone(),
+            this.config.worker_id.clone(),
+            done_rx,
+        ));
         let permits = Arc::new(Semaphore::new(this.config.concurrency));
         let mut backoff = Backoff::new(
             this.config.broker.reconnect_min,

@@ -59,6 +59,9 @@ pub struct Options {
     pub auth_fail_limit: (u32, u32),
     pub max_connections: usize,
     pub header_read_timeout: Duration,
+    /// The relay's `republish_after`: how long a published job may stay `queued` (with its
+    /// RabbitMQ queue empty) before it is published again.
+    pub republish_after: Duration,
 }
 
 impl Default for Options {
@@ -75,6 +78,7 @@ impl Default for Options {
             auth_fail_limit: (0, 0),
             max_connections: conveyor_api::config::DEFAULT_MAX_CONNECTIONS,
             header_read_timeout: conveyor_api::config::DEFAULT_HEADER_READ_TIMEOUT,
+            republish_after: RelayConfig::default().republish_after,
         }
     }
 }
@@ -133,6 +137,7 @@ impl TestApp {
             bootstrap_token: Some(token.clone().into()),
             relay: RelayConfig {
                 poll_interval: Duration::from_millis(50),
+                republish_after: options.republish_after,
                 ..Default::default()
             },
             max_body_bytes: 1024 * 1024,

@@ -60,12 +60,13 @@ pub async fn reap_expired(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<Reaped>
              FROM expired
              WHERE j.id = expired.id AND j.state = 'running'
              RETURNING j.id, j.queue, j.kind, j.attempts AS attempt, expired.worker, j.state,
-                       j.last_error
+                       j.last_error, j.started_at
          ), log AS (
-             UPDATE job_attempts a
-             SET finished_at = now(), outcome = 'lost', error = lost.last_error
+             INSERT INTO job_attempts (job_id, attempt, worker, started_at, finished_at,
+                                       outcome, error)
+             SELECT id, attempt, coalesce(worker, '?'), started_at, now(), 'lost', last_error
              FROM lost
-             WHERE a.job_id = lost.id AND a.attempt = lost.attempt AND a.finished_at IS NULL
+             ON CONFLICT (job_id, attempt) DO NOTHING
          )
          SELECT id, queue, kind, attempt, worker, state FROM lost",
     )

@@ -3,7 +3,8 @@
 //! A claim moves `queued → running` only for jobs still `queued`; a delivery for a job that is
 //! already running, finished or cancelled claims nothing and is acked and skipped. A completion
 //! applies only to the attempt that claimed it (`attempts = $attempt AND state = 'running'`),
-//! so a late or duplicate completion cannot overwrite a newer state.
+//! so a late or duplicate completion cannot overwrite a newer state. The attempts log gets its
+//! row when an attempt ends; the running attempt is read off the job row.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -46,8 +47,13 @@ pub struct Completion {
     pub retry_at: Option<DateTime<Utc>>,
 }
 
-/// Claims the still-`queued` jobs among `ids` for `worker`, opening an attempt for each.
-/// The lease runs for `lease_secs`; the worker renews it while the job runs (see [`super::lease`]).
+/// Claims the still-`queued` jobs among `ids` for `worker`. The lease runs for `lease_secs`;
+/// the worker renews it while the job runs (see [`super::lease`]).
+///
+/// The attempt is not written to `job_attempts` here: the job row itself says which attempt
+/// is running, where and since when, and [`complete_batch`] (or the reaper) writes the attempt
+/// once, finished. One insert per attempt instead of an insert now and an update later: a
+/// fifth less written per job on the hot path.
 pub async fn claim_batch(
     pool: &PgPool,
     ids: &[JobId],
@@ -55,18 +61,12 @@ pub async fn claim_batch(
     lease_secs: f64,
 ) -> sqlx::Result<Vec<Job>> {
     sqlx::query_as(
-        "WITH claimed AS (
-             UPDATE jobs
-             SET state = 'running', attempts = attempts + 1, started_at = now(),
-                 updated_at = now(), worker = $2,
-                 lease_expires_at = now() + make_interval(secs => $3)
-             WHERE id = ANY($1) AND state = 'queued'
-             RETURNING *
-         ), opened AS (
-             INSERT INTO job_attempts (job_id, attempt, worker, started_at)
-             SELECT id, attempts, $2, started_at FROM claimed
-         )
-         SELECT * FROM claimed",
+        "UPDATE jobs
+         SET state = 'running', attempts = attempts + 1, started_at = now(),
+             updated_at = now(), worker = $2,
+             lease_expires_at = now() + make_interval(secs => $3)
+         WHERE id = ANY($1) AND state = 'queued'
+         RETURNING *",
     )
     .bind(ids)
     .bind(worker)
@@ -75,8 +75,13 @@ pub async fn claim_batch(
     .await
 }
 
-/// Records a batch of attempt results; returns how many jobs changed (stale ones are ignored).
-pub async fn complete_batch(pool: &PgPool, completions: &[Completion]) -> sqlx::Result<u64> {
+/// Records a batch of attempt results of `worker`, each job's state and its finished attempt
+/// in one statement; returns how many jobs changed (stale ones are ignored).
+pub async fn complete_batch(
+    pool: &PgPool,
+    worker: &str,
+    completions: &[Completion],
+) -> sqlx::Result<u64> {
     if completions.is_empty() {
         return Ok(0);
     }
@@ -115,12 +120,11 @@ pub async fn complete_batch(pool: &PgPool, completions: &[Completion]) -> sqlx::
                  lease_expires_at = NULL
              FROM c
              WHERE j.id = c.id AND j.state = 'running' AND j.attempts = c.attempt
-             RETURNING j.id, c.attempt, c.outcome, c.error
+             RETURNING j.id, c.attempt, j.started_at, c.outcome, c.error
          ), log AS (
-             UPDATE job_attempts a
-             SET finished_at = now(), outcome = job.outcome, error = job.error
-             FROM job
-             WHERE a.job_id = job.id AND a.attempt = job.attempt AND a.finished_at IS NULL
+             INSERT INTO job_attempts (job_id, attempt, worker, started_at, finished_at,
+                                       outcome, error)
+             SELECT id, attempt, $8, started_at, now(), outcome, error FROM job
          )
          SELECT count(*) FROM job",
     )
@@ -131,6 +135,7 @@ pub async fn complete_batch(pool: &PgPool, completions: &[Completion]) -> sqlx::
     .bind(&results)
     .bind(&errors)
     .bind(&retry_ats)
+    .bind(worker)
     .fetch_one(pool)
     .await?;
     Ok(changed as u64)

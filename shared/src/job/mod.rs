@@ -275,9 +275,14 @@ impl Job {
 
 impl Attempt {
     pub async fn for_job(pool: &PgPool, id: JobId) -> sqlx::Result<Vec<Attempt>> {
+        // Finished attempts are rows of their own; the running one is read off the job.
         sqlx::query_as(
             "SELECT attempt, worker, started_at, finished_at, outcome, error
-             FROM job_attempts WHERE job_id = $1 ORDER BY attempt",
+             FROM job_attempts WHERE job_id = $1
+             UNION ALL
+             SELECT attempts, coalesce(worker, '?'), started_at, NULL, NULL, NULL
+             FROM jobs WHERE id = $1 AND state = 'running' AND started_at IS NOT NULL
+             ORDER BY attempt",
         )
         .bind(id)
         .fetch_all(pool)
