@@ -1,13 +1,11 @@
 //! The outbox relay: moves due jobs from Postgres to RabbitMQ.
 //!
-//! Guarantee: every due job reaches RabbitMQ (persistent message, publisher confirms, mandatory
-//! routing) at least once. A batch is marked published in Postgres, then sent; if sending or a
-//! confirm fails, the marks are cleared at once and the jobs go out with a later batch; if the
-//! relay dies in between, or RabbitMQ loses a message, [`crate::outbox::republish_stale`] finds
-//! the job still `queued` and publishes it again. A duplicate message is harmless because the
-//! worker's claim only succeeds on a `queued` job. While RabbitMQ is away, jobs simply wait in
-//! Postgres and the relay reconnects with backoff. Replicas share the work through
-//! `FOR UPDATE SKIP LOCKED` (see [`crate::outbox`]).
+//! Guarantee: a job is marked published only after RabbitMQ confirmed it (persistent message,
+//! publisher confirms, mandatory routing). If anything fails in between, the transaction rolls
+//! back and the job is published again later; if RabbitMQ loses a confirmed message, the job is
+//! found still `queued` and published again ([`crate::outbox::republish_stale`]). A duplicate
+//! message is harmless because the worker's claim only succeeds on a `queued` job. While
+//! RabbitMQ is away, jobs simply wait in Postgres and the relay reconnects with backoff.
 
 use std::time::{Duration, Instant};
 
@@ -203,25 +201,23 @@ impl Relay {
         }
     }
 
-    /// Publishes one batch of due jobs; returns how many went out.
+    /// Publishes one batch of due jobs in one transaction; returns how many went out.
     #[tracing::instrument(name = "relay.publish_batch", skip_all, fields(jobs))]
     async fn publish_batch(&self, channel: &Channel) -> Result<usize, RelayError> {
         let started = Instant::now();
-        // Committed before anything is published (see `promote_due`).
+        // Committed on its own before anything is published (see `promote_due`).
         outbox::promote_due(&self.pool).await?;
-        let due = outbox::take_due(&self.pool, self.config.batch_size).await?;
+        let mut tx = self.pool.begin().await?;
+        let due = outbox::lock_due(&mut tx, self.config.batch_size).await?;
         if due.is_empty() {
             return Ok(0);
         }
         tracing::Span::current().record("jobs", due.len());
-        if let Err(e) = self.send(channel, &due).await {
-            match outbox::release(&self.pool, &due).await {
-                Ok(_) => {}
-                Err(db) => tracing::warn!(error = %db, jobs = due.len(),
-                    "cannot release unsent jobs; they go out again after CONVEYOR_RELAY_REPUBLISH_AFTER_SECS"),
-            }
-            return Err(e);
-        }
+        // On failure the transaction rolls back: the jobs stay unpublished and go out later.
+        self.send(channel, &due).await?;
+        let ids: Vec<_> = due.iter().map(|j| j.id).collect();
+        outbox::mark_published(&mut tx, &ids).await?;
+        tx.commit().await?;
         for job in &due {
             metrics::counter!("conveyor_relay_published_total", "queue" => job.queue.clone())
                 .increment(1);
