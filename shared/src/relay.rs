@@ -37,6 +37,8 @@ pub struct RelayConfig {
     pub poll_interval: Duration,
     /// How long to wait for RabbitMQ to confirm a batch before giving up on the connection.
     pub confirm_timeout: Duration,
+    /// After a notification, how long to gather more jobs before publishing.
+    pub coalesce: Duration,
     /// A job still `queued` this long after it was published, while its RabbitMQ queue holds
     /// no ready message, is published again (its message was lost).
     pub republish_after: Duration,
@@ -48,6 +50,7 @@ impl RelayConfig {
             batch_size: config::parse_or("CONVEYOR_RELAY_BATCH", 500)?,
             poll_interval: config::millis_or("CONVEYOR_RELAY_POLL_MS", 250)?,
             confirm_timeout: config::millis_or("CONVEYOR_RELAY_CONFIRM_TIMEOUT_MS", 10_000)?,
+            coalesce: config::millis_or("CONVEYOR_RELAY_COALESCE_MS", 2)?,
             republish_after: Duration::from_secs(config::parse_or(
                 "CONVEYOR_RELAY_REPUBLISH_AFTER_SECS",
                 300,
@@ -62,6 +65,7 @@ impl Default for RelayConfig {
             batch_size: 500,
             poll_interval: Duration::from_millis(250),
             confirm_timeout: Duration::from_secs(10),
+            coalesce: Duration::from_millis(2),
             republish_after: Duration::from_secs(300),
         }
     }
@@ -188,6 +192,12 @@ impl Relay {
                     Some(l) => {
                         if l.recv().await.is_err() {
                             tokio::time::sleep(self.config.poll_interval).await;
+                        } else {
+                            // One batch for every job that arrives within the window, and for
+                            // every notification already waiting: a stream of single-job
+                            // requests would otherwise cost one relay round per job.
+                            tokio::time::sleep(self.config.coalesce).await;
+                            while l.next_buffered().is_some() {}
                         }
                     }
                     None => std::future::pending().await,
