@@ -267,9 +267,11 @@ async fn a_handlers_requested_retry_delay_is_honoured() {
             .parse::<chrono::DateTime<chrono::Utc>>()
             .unwrap()
     };
+    // `finished_at` is when the outcome was written, a little after the handler returned and
+    // the retry time was set from it; 100 ms still tells 150 from the ≤20 ms backoff.
     let gap = at(&log[1]["started_at"]) - at(&log[0]["finished_at"]);
     assert!(
-        gap >= chrono::Duration::milliseconds(140),
+        gap >= chrono::Duration::milliseconds(100),
         "second attempt came after only {gap}"
     );
     app.stop().await;

@@ -538,3 +538,43 @@ async fn a_job_whose_message_was_lost_is_published_again() {
     assert_eq!(state, "queued");
     app.stop().await;
 }
+
+/// Acks go out in bulk (one `multiple` ack up to the highest delivery below which every outcome
+/// is committed; single acks above a gap). Jobs of uneven length finish out of order; afterwards
+/// no delivery may be left unacked, and none acked twice (RabbitMQ would have closed the
+/// channel, and the jobs behind it would not all have succeeded).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_delivery_is_acked_once_when_jobs_finish_out_of_order() {
+    let app = TestApp::spawn().await;
+    let jobs: Vec<Value> = (0..300)
+        .map(|i| noop(json!({"sleep_ms": (i * 7) % 23})))
+        .collect();
+    let r = app
+        .post_as(&app.token, "/v1/jobs/batch", json!({ "jobs": jobs }))
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let body: Value = r.json().await.unwrap();
+    for job in body["jobs"].as_array().unwrap() {
+        app.wait_for_state(
+            job["id"].as_str().unwrap(),
+            "succeeded",
+            Duration::from_secs(30),
+        )
+        .await;
+    }
+    let api = conveyor_shared::management::ManagementApi::from_config(&app.broker)
+        .expect("the management API is configured for tests");
+    let name = broker::queue_name(&app.broker, "default");
+    // The management API refreshes its figures every few seconds.
+    let settled = eventually(Duration::from_secs(30), || async {
+        (api.unacked(std::slice::from_ref(&name)).await == Some(vec![0])).then_some(())
+    })
+    .await;
+    assert!(
+        settled.is_some(),
+        "deliveries left unacked: {:?} (is the management plugin on? scripts/ensure-services.sh)",
+        api.unacked(std::slice::from_ref(&name)).await
+    );
+    assert_eq!(ready_messages(&app, "default").await, 0);
+    app.stop().await;
+}

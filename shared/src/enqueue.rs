@@ -323,38 +323,41 @@ pub async fn enqueue(
     jobs: Vec<NewJob>,
     idempotency: Option<IdempotencyKey>,
 ) -> Result<Enqueued, EnqueueError> {
+    let Some(idem) = &idempotency else {
+        let created = enqueue_plain(pool, tenant, &jobs).await?;
+        count_enqueued(&created);
+        return Ok(Enqueued::Created(created));
+    };
     let mut tx = pool.begin().await?;
     let ids: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
-    if let Some(idem) = &idempotency {
-        // A concurrent request with the same key waits here on the primary key until we commit,
-        // then finds our row: exactly one of them creates the jobs.
-        let inserted = sqlx::query(
-            "INSERT INTO idempotency_keys (tenant, key, request_sha256, job_ids)
-             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+    // A concurrent request with the same key waits here on the primary key until we commit,
+    // then finds our row: exactly one of them creates the jobs.
+    let inserted = sqlx::query(
+        "INSERT INTO idempotency_keys (tenant, key, request_sha256, job_ids)
+         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+    )
+    .bind(tenant)
+    .bind(&idem.key)
+    .bind(&idem.request_sha256)
+    .bind(&ids)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        let (digest, original): (Vec<u8>, Vec<JobId>) = sqlx::query_as(
+            "SELECT request_sha256, job_ids FROM idempotency_keys WHERE tenant = $1 AND key = $2",
         )
         .bind(tenant)
         .bind(&idem.key)
-        .bind(&idem.request_sha256)
-        .bind(&ids)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
-            let (digest, original): (Vec<u8>, Vec<JobId>) = sqlx::query_as(
-                "SELECT request_sha256, job_ids FROM idempotency_keys WHERE tenant = $1 AND key = $2",
-            )
-            .bind(tenant)
-            .bind(&idem.key)
-            .fetch_one(&mut *tx)
-            .await?;
-            tx.rollback().await?;
-            if digest != idem.request_sha256 {
-                return Err(EnqueueError::IdempotencyConflict);
-            }
-            return Ok(Enqueued::Replayed(
-                Job::get_many(pool, tenant, &original).await?,
-            ));
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.rollback().await?;
+        if digest != idem.request_sha256 {
+            return Err(EnqueueError::IdempotencyConflict);
         }
+        return Ok(Enqueued::Replayed(
+            Job::get_many(pool, tenant, &original).await?,
+        ));
     }
     let created = insert(&mut tx, tenant, &jobs).await?;
     tx.commit().await?;
@@ -362,23 +365,24 @@ pub async fn enqueue(
     Ok(Enqueued::Created(created))
 }
 
+/// Stores `jobs` for `tenant` without an idempotency key: one statement, committed on its own
+/// (a single statement is atomic), so a request costs one round trip to Postgres instead of
+/// four (BEGIN, INSERT, NOTIFY, COMMIT). Single-job enqueues are bound by exactly that.
+async fn enqueue_plain(pool: &PgPool, tenant: &str, jobs: &[NewJob]) -> sqlx::Result<Vec<Job>> {
+    let mut conn = pool.acquire().await?;
+    insert(&mut conn, tenant, jobs).await
+}
+
 /// The one way jobs enter Postgres (the api's enqueue and the scheduler's ticks): inserts
-/// `jobs` inside the caller's transaction and wakes the relays when any is due. Returns the
-/// stored rows in request order; a scheduled tick that already has its job is left out.
-/// Call [`count_enqueued`] with the rows once the transaction committed.
+/// `jobs` (inside the caller's transaction, if any) and wakes the relays when any is due, in the
+/// same statement. Returns the stored rows in request order; a scheduled tick that already has
+/// its job is left out. Call [`count_enqueued`] with the rows once they are committed.
 pub async fn insert(
-    tx: &mut sqlx::PgConnection,
+    conn: &mut sqlx::PgConnection,
     tenant: &str,
     jobs: &[NewJob],
 ) -> sqlx::Result<Vec<Job>> {
-    let created = insert_jobs(&mut *tx, tenant, jobs).await?;
-    if created.iter().any(|j| j.run_at <= Utc::now()) {
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(OUTBOX_CHANNEL)
-            .execute(&mut *tx)
-            .await?;
-    }
-    Ok(created)
+    insert_jobs(conn, tenant, jobs).await
 }
 
 /// Counts committed new jobs in `conveyor_jobs_enqueued_total`.
@@ -423,8 +427,10 @@ async fn insert_jobs(
         .iter()
         .map(|j| j.traceparent.as_ref().map(|t| t.as_str()))
         .collect();
+    // NOTIFY is transactional: it is delivered at commit, and once however many rows ask.
     let mut rows: Vec<Job> = sqlx::query_as(
-        "INSERT INTO jobs (id, tenant, kind, queue, state, payload, priority, max_attempts,
+        "WITH ins AS (
+         INSERT INTO jobs (id, tenant, kind, queue, state, payload, priority, max_attempts,
                            timeout_secs, run_at, schedule_id, tick, traceparent)
          SELECT id, $2, kind, queue, state::job_state, payload, priority, max_attempts,
                 timeout_secs, run_at, schedule_id, tick, traceparent
@@ -434,7 +440,10 @@ async fn insert_jobs(
               AS t(id, kind, queue, state, payload, priority, max_attempts, timeout_secs, run_at,
                    schedule_id, tick, traceparent)
          ON CONFLICT (schedule_id, tick) WHERE schedule_id IS NOT NULL DO NOTHING
-         RETURNING *",
+         RETURNING *
+         )
+         SELECT ins.*, CASE WHEN ins.run_at <= now() THEN pg_notify($14, '') END AS woke
+         FROM ins",
     )
     .bind(&ids)
     .bind(tenant)
@@ -449,6 +458,7 @@ async fn insert_jobs(
     .bind(&schedule_ids)
     .bind(&ticks)
     .bind(&traceparents)
+    .bind(OUTBOX_CHANNEL)
     .fetch_all(&mut *tx)
     .await?;
     let position: std::collections::HashMap<Uuid, usize> =
