@@ -9,7 +9,7 @@ use conveyor_shared::{broker, keys::Scope};
 use futures_util::future::join_all;
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
-use support::{Options, TestApp, amqp_url, eventually, noop, problem};
+use support::{Options, TestApp, amqp_url, eventually, message_count, noop, problem};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -100,23 +100,7 @@ async fn attempt_rows(app: &TestApp, id: &str) -> i64 {
 
 /// Ready messages in one of the test's RabbitMQ queues.
 async fn ready_messages(app: &TestApp, queue: &str) -> u32 {
-    let conn = lapin::Connection::connect(&amqp_url(), Default::default())
-        .await
-        .unwrap();
-    let channel = conn.create_channel().await.unwrap();
-    let declared = channel
-        .queue_declare(
-            broker::queue_name(&app.broker, queue).into(),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            Default::default(),
-        )
-        .await
-        .unwrap();
-    conn.close(200, "done".into()).await.unwrap();
-    declared.message_count()
+    message_count(&broker::queue_name(&app.broker, queue)).await
 }
 
 fn outcomes(job: &Value) -> Vec<(i64, String)> {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use conveyor_shared::broker::{self, JobMessage};
 use lapin::{BasicProperties, options::BasicPublishOptions};
 use serde_json::json;
-use support::{TestApp, amqp_url, eventually, noop};
+use support::{TestApp, amqp_url, eventually, message_count, noop};
 
 /// Reads one counter from a Prometheus text page (0 when absent).
 fn counter(page: &str, name: &str) -> f64 {
@@ -58,26 +58,6 @@ async fn publish(app: &TestApp, body: Vec<u8>) {
         .unwrap();
     assert!(confirm.is_ack());
     conn.close(200, "done".into()).await.unwrap();
-}
-
-async fn message_count(queue: &str) -> u32 {
-    let conn = lapin::Connection::connect(&amqp_url(), Default::default())
-        .await
-        .unwrap();
-    let channel = conn.create_channel().await.unwrap();
-    let declared = channel
-        .queue_declare(
-            queue.into(),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            Default::default(),
-        )
-        .await
-        .unwrap();
-    conn.close(200, "done".into()).await.unwrap();
-    declared.message_count()
 }
 
 #[tokio::test]

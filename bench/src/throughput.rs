@@ -67,35 +67,34 @@ impl Target {
     /// Enqueues one batch; returns the new job ids.
     pub async fn enqueue_batch(&self, n: usize) -> anyhow::Result<Vec<Uuid>> {
         let jobs: Vec<_> = (0..n).map(|_| json!({"kind": "noop"})).collect();
-        let response = self
-            .post("/v1/jobs/batch")
-            .json(&json!({ "jobs": jobs }))
-            .send()
+        let body: Jobs = self
+            .create("/v1/jobs/batch", json!({ "jobs": jobs }))
             .await?;
-        let status = response.status();
-        anyhow::ensure!(
-            status == reqwest::StatusCode::CREATED,
-            "batch enqueue answered {status}: {}",
-            response.text().await.unwrap_or_default()
-        );
-        let body: Jobs = response.json().await?;
         Ok(body.jobs.into_iter().map(|j| j.id).collect())
     }
 
     /// Enqueues one job; returns its id.
     pub async fn enqueue_one(&self) -> anyhow::Result<Uuid> {
-        let response = self
-            .post("/v1/jobs")
-            .json(&json!({"kind": "noop"}))
-            .send()
-            .await?;
+        Ok(self
+            .create::<JobId>("/v1/jobs", json!({"kind": "noop"}))
+            .await?
+            .id)
+    }
+
+    /// POSTs `body` to `path` and reads the answer, which must be 201 Created.
+    async fn create<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+    ) -> anyhow::Result<T> {
+        let response = self.post(path).json(&body).send().await?;
         let status = response.status();
         anyhow::ensure!(
             status == reqwest::StatusCode::CREATED,
-            "enqueue answered {status}: {}",
+            "{path} answered {status}: {}",
             response.text().await.unwrap_or_default()
         );
-        Ok(response.json::<JobId>().await?.id)
+        Ok(response.json().await?)
     }
 
     /// Waits until every job in `ids` finished, and returns when the last one did.

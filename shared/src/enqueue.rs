@@ -373,18 +373,6 @@ async fn enqueue_plain(pool: &PgPool, tenant: &str, jobs: &[NewJob]) -> sqlx::Re
     insert(&mut conn, tenant, jobs).await
 }
 
-/// The one way jobs enter Postgres (the api's enqueue and the scheduler's ticks): inserts
-/// `jobs` (inside the caller's transaction, if any) and wakes the relays when any is due, in the
-/// same statement. Returns the stored rows in request order; a scheduled tick that already has
-/// its job is left out. Call [`count_enqueued`] with the rows once they are committed.
-pub async fn insert(
-    conn: &mut sqlx::PgConnection,
-    tenant: &str,
-    jobs: &[NewJob],
-) -> sqlx::Result<Vec<Job>> {
-    insert_jobs(conn, tenant, jobs).await
-}
-
 /// Counts committed new jobs in `conveyor_jobs_enqueued_total`.
 pub fn count_enqueued(jobs: &[Job]) {
     for job in jobs {
@@ -393,11 +381,16 @@ pub fn count_enqueued(jobs: &[Job]) {
     }
 }
 
+/// The one way jobs enter Postgres (the api's enqueue and the scheduler's ticks): inserts
+/// `jobs` (inside the caller's transaction, if any) and wakes the relays when any is due, in the
+/// same statement. Returns the stored rows in request order; a scheduled tick that already has
+/// its job is left out. Call [`count_enqueued`] with the rows once they are committed.
+///
 /// One multi-row INSERT for the whole batch (arrays through `unnest`), returning rows in
 /// request order. `ON CONFLICT` only ever fires for scheduled ticks (`jobs_schedule_tick` is a
 /// partial unique index over rows with a schedule_id), so api jobs are never dropped.
-async fn insert_jobs(
-    tx: &mut sqlx::PgConnection,
+pub async fn insert(
+    conn: &mut sqlx::PgConnection,
     tenant: &str,
     jobs: &[NewJob],
 ) -> sqlx::Result<Vec<Job>> {
@@ -459,7 +452,7 @@ async fn insert_jobs(
     .bind(&ticks)
     .bind(&traceparents)
     .bind(OUTBOX_CHANNEL)
-    .fetch_all(&mut *tx)
+    .fetch_all(&mut *conn)
     .await?;
     let position: std::collections::HashMap<Uuid, usize> =
         ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();

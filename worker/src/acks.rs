@@ -16,14 +16,19 @@
 use std::collections::BTreeSet;
 
 use conveyor_shared::JobId;
-use lapin::{Acker, options::BasicAckOptions};
+use lapin::{
+    Acker,
+    message::Delivery,
+    options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions},
+};
 use tokio::sync::Mutex;
 
 /// The delivery tags of one channel that are settled, i.e. safe to ack.
 ///
-/// The lock is held while acks are sent, so frames leave in the order the prefix was computed:
-/// otherwise a single ack of tag 7 could follow a multiple ack that already covered it, and
-/// RabbitMQ closes a channel that acks an unknown tag.
+/// Every ack, reject and requeue of the channel goes through it, and the lock is held while the
+/// frame is sent, so frames leave in the order the prefix was computed: otherwise a single ack of
+/// tag 7 could follow a multiple ack that already covered it, and RabbitMQ closes a channel that
+/// acks an unknown tag.
 #[derive(Debug, Default)]
 pub struct AckTracker {
     state: Mutex<State>,
@@ -45,13 +50,29 @@ pub struct Settled {
 }
 
 impl AckTracker {
-    /// Records `tags` as settled without acking them here: deliveries already rejected or
-    /// returned to the queue one by one (call it *after* sending those), which a later multiple
-    /// ack may then cover.
-    pub async fn settled_elsewhere(&self, tags: &[u64]) {
+    /// Dead-letters a delivery (reject, no requeue): settled, so a later multiple ack may
+    /// cover its tag.
+    pub async fn reject(&self, delivery: &Delivery) {
         let mut state = self.state.lock().await;
-        for tag in tags {
-            state.settle(*tag);
+        let _ = delivery
+            .acker
+            .reject(BasicRejectOptions { requeue: false })
+            .await;
+        state.settle(delivery.delivery_tag);
+    }
+
+    /// Returns deliveries to their queue one by one (nack, requeue), settling their tags.
+    pub async fn requeue(&self, deliveries: Vec<Delivery>) {
+        let mut state = self.state.lock().await;
+        for delivery in deliveries {
+            let _ = delivery
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    multiple: false,
+                })
+                .await;
+            state.settle(delivery.delivery_tag);
         }
     }
 

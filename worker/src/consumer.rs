@@ -24,10 +24,7 @@ use futures_util::{FutureExt, StreamExt, stream::SelectAll};
 use lapin::{
     Channel, Connection,
     message::Delivery,
-    options::{
-        BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-        BasicRejectOptions,
-    },
+    options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
     types::{AMQPValue, FieldTable},
 };
 use sqlx::PgPool;
@@ -268,11 +265,7 @@ impl Consumer {
                     tracing::error!(error = %e, routing_key = %delivery.routing_key, "undecodable message; dead-lettering");
                     metrics::counter!("conveyor_poison_messages_total", "reason" => "undecodable")
                         .increment(1);
-                    let _ = delivery
-                        .acker
-                        .reject(BasicRejectOptions { requeue: false })
-                        .await;
-                    acks.settled_elsewhere(&[delivery.delivery_tag]).await;
+                    acks.reject(&delivery).await;
                 }
             }
         }
@@ -293,18 +286,8 @@ impl Consumer {
                 tracing::warn!(error = %e, jobs = ids.len(), "cannot claim jobs; returning them to RabbitMQ");
                 metrics::counter!("conveyor_claim_errors_total").increment(1);
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                let mut returned = Vec::with_capacity(decoded.len());
-                for (_, delivery, _) in decoded {
-                    let _ = delivery
-                        .acker
-                        .nack(BasicNackOptions {
-                            requeue: true,
-                            multiple: false,
-                        })
-                        .await;
-                    returned.push(delivery.delivery_tag);
-                }
-                acks.settled_elsewhere(&returned).await;
+                let returned: Vec<Delivery> = decoded.into_iter().map(|(_, d, _)| d).collect();
+                acks.requeue(returned).await;
                 return;
             }
         };
@@ -330,11 +313,7 @@ impl Consumer {
                     tracing::error!(job_id = %msg.id, kind = %msg.kind, "message names no known job; dead-lettering");
                     metrics::counter!("conveyor_poison_messages_total", "reason" => "unknown_job")
                         .increment(1);
-                    let _ = delivery
-                        .acker
-                        .reject(BasicRejectOptions { requeue: false })
-                        .await;
-                    acks.settled_elsewhere(&[delivery.delivery_tag]).await;
+                    acks.reject(&delivery).await;
                     continue;
                 }
                 // Already running, finished or cancelled: a redelivery, safe to drop.

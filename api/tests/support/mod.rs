@@ -465,3 +465,24 @@ pub async fn cli_at(database_url: String, args: &[&str]) -> std::process::Output
 pub async fn cli(app: &TestApp, args: &[&str]) -> std::process::Output {
     cli_at(format!("{}/{}", pg_server(), app.db_name), args).await
 }
+
+/// Ready messages in a RabbitMQ queue (by its RabbitMQ name), read with a passive declare.
+pub async fn message_count(queue: &str) -> u32 {
+    let conn = lapin::Connection::connect(&amqp_url(), Default::default())
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    conn.close(200, "done".into()).await.unwrap();
+    declared.message_count()
+}
