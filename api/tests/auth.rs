@@ -570,3 +570,34 @@ async fn last_used_is_recorded_on_success_and_refreshed_at_most_once_a_minute() 
     assert!(used.is_some());
     app.stop().await;
 }
+
+/// Ids are UUIDv7: time-ordered for keyset pagination, with random bits, so knowing one job's
+/// id tells nothing about the next one's (no sequence to walk).
+#[tokio::test]
+async fn job_ids_are_not_a_guessable_sequence() {
+    let app = spawn().await;
+    let jobs: Vec<Value> = (0..20).map(|_| noop(json!({}))).collect();
+    let r = app
+        .post_as(&app.token, "/v1/jobs/batch", json!({ "jobs": jobs }))
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let body: Value = r.json().await.unwrap();
+    let ids: Vec<uuid::Uuid> = body["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().parse().unwrap())
+        .collect();
+    // The low 32 bits are random whether the generator also keeps a per-millisecond counter
+    // above them (the uuid crate does) or not.
+    let tails: Vec<u32> = ids.iter().map(|id| id.as_u64_pair().1 as u32).collect();
+    for (id, pair) in ids.iter().zip(tails.windows(2)) {
+        assert_eq!(id.get_version_num(), 7, "{id}");
+        let gap = pair[0].abs_diff(pair[1]);
+        assert!(
+            gap > 1 << 10,
+            "neighbouring ids differ by only {gap}: {ids:?}"
+        );
+    }
+    app.stop().await;
+}

@@ -475,3 +475,36 @@ async fn a_json_array_is_not_a_request() {
     assert_eq!(app.count_jobs().await, 0);
     app.stop().await;
 }
+
+/// The batch route has a larger body limit than the single route (`CONVEYOR_MAX_BATCH_BODY_BYTES`,
+/// 16 MiB here, against 1 MiB): a batch of jobs that are each within the per-job payload limit
+/// passes even when the whole body is over the single-job limit.
+#[tokio::test]
+async fn a_batch_body_may_exceed_the_single_job_limit() {
+    let app = TestApp::spawn_with(Options {
+        worker: false,
+        ..Default::default()
+    })
+    .await;
+    let note = "a".repeat(30 * 1024);
+    let jobs: Vec<Value> = (0..40)
+        .map(|i| {
+            json!({"kind": "analytics.track",
+                   "payload": {"event": format!("e{i}"), "properties": {"note": note}}})
+        })
+        .collect();
+    let body = json!({ "jobs": jobs }).to_string();
+    assert!(
+        body.len() > 1024 * 1024,
+        "the body must exceed the single limit"
+    );
+    let r = post_raw(&app, "/v1/jobs/batch", "application/json", body).await;
+    assert_eq!(
+        r.status(),
+        StatusCode::CREATED,
+        "{}",
+        r.text().await.unwrap()
+    );
+    assert_eq!(app.count_jobs().await, 40);
+    app.stop().await;
+}
