@@ -15,8 +15,14 @@ use axum::{
     routing::{get, post},
 };
 use conveyor_shared::{
-    broker::Inspector, db, enqueue, health::Health, keys::ApiKey, probe, relay::Relay,
+    broker::Inspector,
+    db, enqueue,
+    health::Health,
+    keys::ApiKey,
+    probe,
+    relay::{Relay, RelayWaker},
 };
+use futures_util::FutureExt;
 use secrecy::ExposeSecret;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -40,6 +46,8 @@ pub struct AppState {
     pub inspector: Arc<Inspector>,
     /// Per-key request budgets, charged by [`crate::auth::Caller`] (and per job by batches).
     pub rate_limit: Arc<RateLimiter>,
+    /// Woken after each enqueue: this process's relay, or a forwarder to other processes'.
+    pub relay: RelayWaker,
 }
 
 #[derive(Debug)]
@@ -53,6 +61,8 @@ pub struct Application {
     listener: tokio::net::TcpListener,
     router: Router,
     relay: Option<Relay>,
+    /// What enqueues wake: the relay, or without one a forwarder to other processes' relays.
+    waker: RelayWaker,
     /// Kept here as well as in the router, to sweep it while serving.
     auth_failures: Arc<AuthFailureLimiter>,
     connection_limits: ConnectionLimits,
@@ -67,6 +77,7 @@ impl Application {
             ApiKey::ensure_bootstrap(&pool, token.expose_secret()).await?;
         }
         let health = Health::new(pool.clone());
+        let waker = RelayWaker::default();
         let state = AppState {
             pool: pool.clone(),
             limits: Arc::new(Limits {
@@ -83,6 +94,7 @@ impl Application {
                 config.rate_limit_rps,
                 config.rate_limit_burst,
             )),
+            relay: waker.clone(),
         };
         let relay = config.run_relay.then(|| Relay {
             pool: pool.clone(),
@@ -90,6 +102,7 @@ impl Application {
             queues: config.queues.clone(),
             config: config.relay.clone(),
             health: health.clone(),
+            waker: waker.clone(),
         });
         if relay.is_none() {
             // Without a relay this process never learns the broker's state; do not hold
@@ -105,6 +118,7 @@ impl Application {
             listener,
             router: router(state, health, config.request_timeout, auth_failures.clone()),
             relay,
+            waker,
             auth_failures,
             connection_limits: ConnectionLimits {
                 max_connections: config.max_connections,
@@ -123,9 +137,13 @@ impl Application {
     /// Serves until `shutdown`, then lets the relay finish its batch.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "api listening");
-        let relay = self
-            .relay
-            .map(|relay| tokio::spawn(relay.run(shutdown.clone())));
+        let relay = tokio::spawn(match self.relay {
+            Some(relay) => relay.run(shutdown.clone()).boxed(),
+            None => self
+                .waker
+                .forward(self.pool.clone(), shutdown.clone())
+                .boxed(),
+        });
         let sweeper = tokio::spawn(
             self.auth_failures
                 .sweep(auth_failures::SWEEP_INTERVAL, shutdown.clone()),
@@ -138,9 +156,7 @@ impl Application {
         )
         .await;
         sweeper.await?;
-        if let Some(relay) = relay {
-            relay.await?;
-        }
+        relay.await?;
         Ok(())
     }
 }

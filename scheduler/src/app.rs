@@ -6,7 +6,12 @@
 //! replica that freezes mid-round (not dead, so its connection stays up) loses its locks after
 //! [`ROUND_IDLE_LIMIT`] and another replica emits the ticks it held.
 
-use conveyor_shared::{db, enqueue, health::Health, probe, relay::Relay};
+use conveyor_shared::{
+    db, enqueue,
+    health::Health,
+    probe,
+    relay::{Relay, RelayWaker},
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{config::Config, emitter::Emitter};
@@ -25,6 +30,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         &[("idle_in_transaction_session_timeout", ROUND_IDLE_LIMIT)],
     )
     .await?;
+    let waker = RelayWaker::default();
     let emitter = Emitter {
         pool: emitter_pool,
         limits: enqueue::Limits {
@@ -34,6 +40,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             max_payload_bytes: usize::MAX,
         },
         config: config.emitter,
+        relay: waker.clone(),
     };
     let relay = Relay {
         pool,
@@ -41,6 +48,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         queues: config.queues,
         config: config.relay,
         health: health.clone(),
+        waker,
     };
     let (probe, (), ()) = tokio::join!(
         probe::serve(config.addr, health, shutdown.clone()),

@@ -20,6 +20,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use conveyor_shared::{
     Job, JobId,
     enqueue::{self, Limits},
+    relay::RelayWaker,
     schedule::{
         self, Advance, Schedule,
         cron::CronSpec,
@@ -56,6 +57,8 @@ pub struct Emitter {
     pub config: EmitterConfig,
     /// The queues jobs may name: templates are validated again at every tick.
     pub limits: Limits,
+    /// The relay of this process, woken when ticks are emitted.
+    pub relay: RelayWaker,
 }
 
 impl Emitter {
@@ -138,7 +141,7 @@ impl Emitter {
             }
         }
         metrics::counter!("conveyor_scheduler_ticks_emitted_total").increment(emitted.len() as u64);
-        enqueue::count_enqueued(&emitted);
+        enqueue::created_committed(&self.relay, &emitted);
         let span = tracing::Span::current();
         span.record("schedules", due.len());
         span.record("jobs", emitted.len());

@@ -1,6 +1,6 @@
 //! Accepting jobs: validate a request completely, then store every job in one transaction.
 //!
-//! The API only inserts and `NOTIFY`s; publishing is the relay's work. A rejected request
+//! The API only inserts and wakes the relay; publishing is the relay's work. A rejected request
 //! stores nothing: validation happens before the transaction, and a batch is all-or-nothing.
 
 use chrono::{DateTime, Duration, Utc};
@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::{
     job::{Job, JobId, JobState},
     kind::JobKind,
-    relay::OUTBOX_CHANNEL,
+    relay::RelayWaker,
 };
 
 /// What a client sends to enqueue one job.
@@ -316,16 +316,17 @@ fn hash_canonical(h: &mut Sha256, v: &serde_json::Value) {
     }
 }
 
-/// Stores `jobs` for `tenant` in one transaction and wakes the relay.
+/// Stores `jobs` for `tenant` in one transaction, then wakes the relay if any is due.
 pub async fn enqueue(
     pool: &PgPool,
+    relay: &RelayWaker,
     tenant: &str,
     jobs: Vec<NewJob>,
     idempotency: Option<IdempotencyKey>,
 ) -> Result<Enqueued, EnqueueError> {
     let Some(idem) = &idempotency else {
         let created = enqueue_plain(pool, tenant, &jobs).await?;
-        count_enqueued(&created);
+        created_committed(relay, &created);
         return Ok(Enqueued::Created(created));
     };
     let mut tx = pool.begin().await?;
@@ -361,20 +362,24 @@ pub async fn enqueue(
     }
     let created = insert(&mut tx, tenant, &jobs).await?;
     tx.commit().await?;
-    count_enqueued(&created);
+    created_committed(relay, &created);
     Ok(Enqueued::Created(created))
 }
 
 /// Stores `jobs` for `tenant` without an idempotency key: one statement, committed on its own
 /// (a single statement is atomic), so a request costs one round trip to Postgres instead of
-/// four (BEGIN, INSERT, NOTIFY, COMMIT). Single-job enqueues are bound by exactly that.
+/// three (BEGIN, INSERT, COMMIT). Single-job enqueues are bound by exactly that.
 async fn enqueue_plain(pool: &PgPool, tenant: &str, jobs: &[NewJob]) -> sqlx::Result<Vec<Job>> {
     let mut conn = pool.acquire().await?;
     insert(&mut conn, tenant, jobs).await
 }
 
-/// Counts committed new jobs in `conveyor_jobs_enqueued_total`.
-pub fn count_enqueued(jobs: &[Job]) {
+/// What follows the commit of new jobs: they are counted in `conveyor_jobs_enqueued_total`,
+/// and the relay is woken if any of them is due now (scheduled ones wait for its poll).
+pub fn created_committed(relay: &RelayWaker, jobs: &[Job]) {
+    if jobs.iter().any(|j| j.state == JobState::Queued) {
+        relay.wake();
+    }
     for job in jobs {
         metrics::counter!("conveyor_jobs_enqueued_total", "kind" => job.kind.clone(), "queue" => job.queue.clone())
             .increment(1);
@@ -382,9 +387,9 @@ pub fn count_enqueued(jobs: &[Job]) {
 }
 
 /// The one way jobs enter Postgres (the api's enqueue and the scheduler's ticks): inserts
-/// `jobs` (inside the caller's transaction, if any) and wakes the relays when any is due, in the
-/// same statement. Returns the stored rows in request order; a scheduled tick that already has
-/// its job is left out. Call [`count_enqueued`] with the rows once they are committed.
+/// `jobs` (inside the caller's transaction, if any). Returns the stored rows in request order;
+/// a scheduled tick that already has its job is left out. Call [`created_committed`] with the
+/// rows once they are committed.
 ///
 /// One multi-row INSERT for the whole batch (arrays through `unnest`), returning rows in
 /// request order. `ON CONFLICT` only ever fires for scheduled ticks (`jobs_schedule_tick` is a
@@ -420,10 +425,9 @@ pub async fn insert(
         .iter()
         .map(|j| j.traceparent.as_ref().map(|t| t.as_str()))
         .collect();
-    // NOTIFY is transactional: it is delivered at commit, and once however many rows ask.
+    // No NOTIFY here: see `RelayWaker` for why the relay is woken in process instead.
     let mut rows: Vec<Job> = sqlx::query_as(
-        "WITH ins AS (
-         INSERT INTO jobs (id, tenant, kind, queue, state, payload, priority, max_attempts,
+        "INSERT INTO jobs (id, tenant, kind, queue, state, payload, priority, max_attempts,
                            timeout_secs, run_at, schedule_id, tick, traceparent)
          SELECT id, $2, kind, queue, state::job_state, payload, priority, max_attempts,
                 timeout_secs, run_at, schedule_id, tick, traceparent
@@ -433,10 +437,7 @@ pub async fn insert(
               AS t(id, kind, queue, state, payload, priority, max_attempts, timeout_secs, run_at,
                    schedule_id, tick, traceparent)
          ON CONFLICT (schedule_id, tick) WHERE schedule_id IS NOT NULL DO NOTHING
-         RETURNING *
-         )
-         SELECT ins.*, CASE WHEN ins.run_at <= now() THEN pg_notify($14, '') END AS woke
-         FROM ins",
+         RETURNING *",
     )
     .bind(&ids)
     .bind(tenant)
@@ -451,7 +452,6 @@ pub async fn insert(
     .bind(&schedule_ids)
     .bind(&ticks)
     .bind(&traceparents)
-    .bind(OUTBOX_CHANNEL)
     .fetch_all(&mut *conn)
     .await?;
     let position: std::collections::HashMap<Uuid, usize> =

@@ -12,7 +12,7 @@ use conveyor_shared::{
     db,
     enqueue::{self, EnqueueRequest, Limits},
     health::Health,
-    relay::{Relay, RelayConfig},
+    relay::{Relay, RelayConfig, RelayWaker},
 };
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -44,6 +44,7 @@ async fn until<F: AsyncFnMut() -> bool>(what: &str, within: Duration, mut check:
 struct Fixture {
     id: String,
     pool: PgPool,
+    waker: RelayWaker,
     stop_relay: CancellationToken,
     relay: tokio::task::JoinHandle<()>,
 }
@@ -66,11 +67,14 @@ impl Fixture {
                 ..Default::default()
             },
             health: Health::new(pool.clone()),
+            waker: RelayWaker::default(),
         };
+        let waker = relay.waker.clone();
         let relay = tokio::spawn(relay.run(stop_relay.clone()));
         Self {
             id,
             pool,
+            waker,
             stop_relay,
             relay,
         }
@@ -108,7 +112,7 @@ impl Fixture {
         let req: EnqueueRequest = serde_json::from_value(body).unwrap();
         let job = req.validate(&limits, "", chrono::Utc::now()).unwrap();
         let id = job.id;
-        enqueue::enqueue(&self.pool, "default", vec![job], None)
+        enqueue::enqueue(&self.pool, &self.waker, "default", vec![job], None)
             .await
             .unwrap();
         id

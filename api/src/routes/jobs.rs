@@ -79,7 +79,15 @@ pub async fn create(
     )
     .await?;
     let idem = idem.map(|k| IdempotencyKey::new(k, "job", &raw));
-    match enqueue::enqueue(&state.pool, &principal.tenant, vec![job], idem).await? {
+    match enqueue::enqueue(
+        &state.pool,
+        &state.relay,
+        &principal.tenant,
+        vec![job],
+        idem,
+    )
+    .await?
+    {
         Enqueued::Created(mut jobs) => {
             let job = jobs.remove(0);
             let location = format!("/v1/jobs/{}", job.id);
@@ -151,10 +159,11 @@ pub async fn create_batch(
     }
     check_references(&state, &principal.tenant, &jobs, |i| format!("jobs[{i}].")).await?;
     let idem = idem.map(|k| IdempotencyKey::new(k, "batch", &raw));
-    let (status, jobs) = match enqueue::enqueue(&state.pool, &principal.tenant, jobs, idem).await? {
-        Enqueued::Created(jobs) => (StatusCode::CREATED, jobs),
-        Enqueued::Replayed(jobs) => (StatusCode::OK, jobs),
-    };
+    let (status, jobs) =
+        match enqueue::enqueue(&state.pool, &state.relay, &principal.tenant, jobs, idem).await? {
+            Enqueued::Created(jobs) => (StatusCode::CREATED, jobs),
+            Enqueued::Replayed(jobs) => (StatusCode::OK, jobs),
+        };
     Ok((
         status,
         Json(JobList {

@@ -62,6 +62,10 @@ pub struct Options {
     /// The relay's `republish_after`: how long a published job may stay `queued` (with its
     /// RabbitMQ queue empty) before it is published again.
     pub republish_after: Duration,
+    /// The relay's poll interval (50 ms by default, so tests not about waking run fast).
+    pub relay_poll: Duration,
+    /// Whether the api runs a relay of its own.
+    pub run_relay: bool,
 }
 
 impl Default for Options {
@@ -79,6 +83,8 @@ impl Default for Options {
             max_connections: conveyor_api::config::DEFAULT_MAX_CONNECTIONS,
             header_read_timeout: conveyor_api::config::DEFAULT_HEADER_READ_TIMEOUT,
             republish_after: RelayConfig::default().republish_after,
+            relay_poll: Duration::from_millis(50),
+            run_relay: true,
         }
     }
 }
@@ -136,7 +142,7 @@ impl TestApp {
             queues: queues.clone(),
             bootstrap_token: Some(token.clone().into()),
             relay: RelayConfig {
-                poll_interval: Duration::from_millis(50),
+                poll_interval: options.relay_poll,
                 republish_after: options.republish_after,
                 ..Default::default()
             },
@@ -151,7 +157,7 @@ impl TestApp {
             auth_fail_burst: options.auth_fail_limit.1,
             max_connections: options.max_connections,
             header_read_timeout: options.header_read_timeout,
-            run_relay: true,
+            run_relay: options.run_relay,
         };
         let app = Application::build(config).await.unwrap_or_else(|e| {
             panic!(
