@@ -15,7 +15,7 @@ use axum::{
 };
 use conveyor_shared::{
     audit::{self, Action, Actor},
-    keys::{ApiKey, Authentication, Principal, Scope},
+    keys::{Authentication, Principal, Scope},
 };
 use sqlx::PgConnection;
 
@@ -85,7 +85,7 @@ impl FromRequestParts<AppState> for Caller {
         // The token is looked up by its SHA-256 digest, an indexed equality in Postgres: no
         // secret is compared byte by byte here, so there is no timing to leak (a prefix match
         // on the digest tells nothing about the token).
-        let principal = match ApiKey::authenticate(&state.pool, token).await? {
+        let principal = match state.keys.authenticate(&state.pool, token).await? {
             Authentication::Valid(principal) => principal,
             Authentication::Expired => return Err(ApiError::KeyExpired),
             Authentication::Unknown => {

@@ -42,6 +42,9 @@ pub struct Config {
     /// A connection that sends no complete request head for this long, idle keep-alive ones
     /// included, is closed (`CONVEYOR_API_HEADER_TIMEOUT_MS`; 0 means never).
     pub header_read_timeout: Duration,
+    /// How long a valid token's lookup is reused (`CONVEYOR_AUTH_CACHE_MS`; 0 turns the cache
+    /// off). Revocations and rotations take effect at once regardless (see `key_cache`).
+    pub auth_cache_ttl: Duration,
     /// Run the outbox relay in this process (on by default; off lets tests hold jobs back).
     pub run_relay: bool,
 }
@@ -58,6 +61,9 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
 /// hyper's own default: long enough for a slow mobile client, short enough that idle
 /// connections give their slot back.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Long enough that a busy key's lookups cost nothing; short enough that a key changed by hand
+/// in SQL is seen soon.
+pub const DEFAULT_AUTH_CACHE_TTL: Duration = Duration::from_secs(10);
 
 impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -103,6 +109,10 @@ impl Config {
                 "CONVEYOR_API_HEADER_TIMEOUT_MS",
                 DEFAULT_HEADER_READ_TIMEOUT.as_millis() as u64,
             )?),
+            auth_cache_ttl: config::millis_or(
+                "CONVEYOR_AUTH_CACHE_MS",
+                DEFAULT_AUTH_CACHE_TTL.as_millis() as u64,
+            )?,
             run_relay: config::parse_or("CONVEYOR_API_RELAY", true)?,
         })
     }
@@ -131,6 +141,7 @@ impl fmt::Debug for Config {
             .field("auth_fail_burst", &self.auth_fail_burst)
             .field("max_connections", &self.max_connections)
             .field("header_read_timeout", &self.header_read_timeout)
+            .field("auth_cache_ttl", &self.auth_cache_ttl)
             .field("run_relay", &self.run_relay)
             .finish()
     }

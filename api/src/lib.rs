@@ -15,6 +15,8 @@ pub mod cli;
 pub mod config;
 /// `ApiError` and its problem+json rendering: the one place errors meet HTTP.
 pub mod error;
+/// A short-lived cache of token lookups, emptied on every revocation.
+pub mod key_cache;
 /// The OpenAPI document served at `/openapi.json`.
 pub mod openapi;
 /// Keyset pagination of list routes: `limit` and `cursor`.

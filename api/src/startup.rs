@@ -32,6 +32,7 @@ use crate::{
     auth_failures::{self, AuthFailureLimiter},
     config::Config,
     error::ApiError,
+    key_cache::KeyCache,
     ratelimit::RateLimiter,
     routes,
     server::{self, ConnectionLimits},
@@ -48,6 +49,8 @@ pub struct AppState {
     pub rate_limit: Arc<RateLimiter>,
     /// Woken after each enqueue: this process's relay, or a forwarder to other processes'.
     pub relay: RelayWaker,
+    /// What bearer tokens are, remembered for a few seconds.
+    pub keys: Arc<KeyCache>,
 }
 
 #[derive(Debug)]
@@ -63,6 +66,8 @@ pub struct Application {
     relay: Option<Relay>,
     /// What enqueues wake: the relay, or without one a forwarder to other processes' relays.
     waker: RelayWaker,
+    /// Kept here as well as in the router, to follow revocations while serving.
+    keys: Arc<KeyCache>,
     /// Kept here as well as in the router, to sweep it while serving.
     auth_failures: Arc<AuthFailureLimiter>,
     connection_limits: ConnectionLimits,
@@ -78,6 +83,7 @@ impl Application {
         }
         let health = Health::new(pool.clone());
         let waker = RelayWaker::default();
+        let keys = Arc::new(KeyCache::new(config.auth_cache_ttl));
         let state = AppState {
             pool: pool.clone(),
             limits: Arc::new(Limits {
@@ -95,6 +101,7 @@ impl Application {
                 config.rate_limit_burst,
             )),
             relay: waker.clone(),
+            keys: keys.clone(),
         };
         let relay = config.run_relay.then(|| Relay {
             pool: pool.clone(),
@@ -119,6 +126,7 @@ impl Application {
             router: router(state, health, config.request_timeout, auth_failures.clone()),
             relay,
             waker,
+            keys,
             auth_failures,
             connection_limits: ConnectionLimits {
                 max_connections: config.max_connections,
@@ -144,6 +152,10 @@ impl Application {
                 .forward(self.pool.clone(), shutdown.clone())
                 .boxed(),
         });
+        let revocations = tokio::spawn({
+            let (keys, pool, shutdown) = (self.keys.clone(), self.pool.clone(), shutdown.clone());
+            async move { keys.follow_revocations(pool, shutdown).await }
+        });
         let sweeper = tokio::spawn(
             self.auth_failures
                 .sweep(auth_failures::SWEEP_INTERVAL, shutdown.clone()),
@@ -156,6 +168,7 @@ impl Application {
         )
         .await;
         sweeper.await?;
+        revocations.await?;
         relay.await?;
         Ok(())
     }

@@ -178,6 +178,7 @@ fn configuration_debug_output_redacts_secrets() {
         auth_fail_burst: 0,
         max_connections: 1,
         header_read_timeout: Duration::from_secs(1),
+        auth_cache_ttl: Duration::ZERO,
         run_relay: false,
     };
     for text in [

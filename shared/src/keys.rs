@@ -55,6 +55,9 @@ pub struct Principal {
     pub key_id: Uuid,
     pub tenant: String,
     pub scopes: Vec<Scope>,
+    /// When the key stops authenticating (`None`: never), so that a cached principal can be
+    /// refused on time.
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 impl Principal {
@@ -131,8 +134,17 @@ pub fn valid_tenant(tenant: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// The NOTIFY channel told of every revocation and rotation, so that caches of
+/// [`ApiKey::authenticate`] (the api's) drop what they hold at once.
+pub const KEYS_CHANNEL: &str = "conveyor_api_keys";
+
+/// The SHA-256 of a token: what Postgres stores and looks keys up by.
+pub fn token_digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
 fn digest(token: &str) -> Vec<u8> {
-    Sha256::digest(token.as_bytes()).to_vec()
+    token_digest(token).to_vec()
 }
 
 /// The first characters of a token, enough to recognise a key in `keys list`.
@@ -222,6 +234,11 @@ impl ApiKey {
         .fetch_optional(&mut *tx)
         .await?
         .ok_or(KeyError::NotActive(id))?;
+        // The old key's expiry moved: caches holding it must read it again.
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(KEYS_CHANNEL)
+            .execute(&mut *tx)
+            .await?;
         let scopes: Vec<&str> = old.scopes.iter().map(String::as_str).collect();
         let token = new_token();
         let new = Self::insert(&mut *tx, &old.tenant, &old.name, &scopes, &token, lifetime).await?;
@@ -263,12 +280,17 @@ impl ApiKey {
     }
 
     /// Revokes a key; returns its tenant, or `None` when no active key has this id.
+    /// The caches are told in the same statement (a NOTIFY is delivered at commit).
     pub async fn revoke(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<String>> {
         sqlx::query_scalar(
-            "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL
-             RETURNING tenant",
+            "WITH revoked AS (
+                 UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL
+                 RETURNING tenant
+             )
+             SELECT tenant, pg_notify($2, '') FROM revoked",
         )
         .bind(id)
+        .bind(KEYS_CHANNEL)
         .fetch_optional(db)
         .await
     }
@@ -282,9 +304,11 @@ impl ApiKey {
     /// not the CTE's snapshot: concurrent requests that queue behind the one refreshing see its
     /// new value when Postgres rechecks the row, and skip their own write.
     pub async fn authenticate(pool: &PgPool, token: &str) -> sqlx::Result<Authentication> {
-        let row: Option<(Uuid, String, Vec<String>, bool)> = sqlx::query_as(
+        type Row = (Uuid, String, Vec<String>, Option<DateTime<Utc>>, bool);
+        let row: Option<Row> = sqlx::query_as(
             "WITH key AS (
-                 SELECT id, tenant, scopes, expires_at IS NOT NULL AND expires_at <= now() AS expired
+                 SELECT id, tenant, scopes, expires_at,
+                        expires_at IS NOT NULL AND expires_at <= now() AS expired
                  FROM api_keys
                  WHERE token_sha256 = $1 AND revoked_at IS NULL
              ), touch AS (
@@ -294,18 +318,19 @@ impl ApiKey {
                    AND (api_keys.last_used_at IS NULL
                         OR api_keys.last_used_at < now() - interval '60 seconds')
              )
-             SELECT id, tenant, scopes, expired FROM key",
+             SELECT id, tenant, scopes, expires_at, expired FROM key",
         )
         .bind(digest(token))
         .fetch_optional(pool)
         .await?;
         Ok(match row {
             None => Authentication::Unknown,
-            Some((_, _, _, true)) => Authentication::Expired,
-            Some((key_id, tenant, scopes, false)) => Authentication::Valid(Principal {
+            Some((_, _, _, _, true)) => Authentication::Expired,
+            Some((key_id, tenant, scopes, expires_at, false)) => Authentication::Valid(Principal {
                 key_id,
                 tenant,
                 scopes: scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
+                expires_at,
             }),
         })
     }
@@ -332,6 +357,7 @@ mod tests {
             key_id: Uuid::nil(),
             tenant: "t".into(),
             scopes: vec![Scope::Admin],
+            expires_at: None,
         };
         assert!(Scope::ALL.iter().all(|s| p.has(*s)));
         let r = Principal {

@@ -66,6 +66,9 @@ pub struct Options {
     pub relay_poll: Duration,
     /// Whether the api runs a relay of its own.
     pub run_relay: bool,
+    /// How long token lookups are cached (the production default unless a test changes
+    /// keys behind the api's back, by hand in SQL).
+    pub auth_cache_ttl: Duration,
 }
 
 impl Default for Options {
@@ -85,6 +88,7 @@ impl Default for Options {
             republish_after: RelayConfig::default().republish_after,
             relay_poll: Duration::from_millis(50),
             run_relay: true,
+            auth_cache_ttl: conveyor_api::config::DEFAULT_AUTH_CACHE_TTL,
         }
     }
 }
@@ -157,6 +161,7 @@ impl TestApp {
             auth_fail_burst: options.auth_fail_limit.1,
             max_connections: options.max_connections,
             header_read_timeout: options.header_read_timeout,
+            auth_cache_ttl: options.auth_cache_ttl,
             run_relay: options.run_relay,
         };
         let app = Application::build(config).await.unwrap_or_else(|e| {
@@ -278,6 +283,18 @@ impl TestApp {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+    }
+
+    /// Waits (up to 2 s) until `token` is refused with 401, and returns that answer. The api
+    /// caches valid tokens and learns of a revocation or rotation by a NOTIFY, which arrives
+    /// a moment after the commit, not before the next request.
+    pub async fn wait_refused(&self, token: &str) -> Response {
+        eventually(Duration::from_secs(2), || async {
+            let r = self.get_as(token, "/v1/jobs").await;
+            (r.status() == StatusCode::UNAUTHORIZED).then_some(r)
+        })
+        .await
+        .unwrap_or_else(|| panic!("a revoked or retired token was still accepted after 2s"))
     }
 
     /// A new key for `tenant` with `scopes`; returns its token.
