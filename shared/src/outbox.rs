@@ -42,20 +42,19 @@ pub struct DueJob {
     pub traceparent: Option<String>,
 }
 
-/// Locks up to `limit` due, unpublished jobs: higher priority first, then oldest due first.
-pub async fn lock_due(tx: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<DueJob>> {
-    sqlx::query_as(
-        "SELECT id, kind, queue, traceparent FROM jobs
+/// The next batch to publish, in dispatch order: the first rows of `jobs_outbox_queued`, however
+/// long the backlog (public so that a test can check its plan). `$1`: the batch size.
+pub const LOCK_DUE_SQL: &str = "SELECT id, kind, queue, traceparent FROM jobs
          WHERE published_at IS NULL
            AND state = 'queued'
            AND run_at <= now()
          ORDER BY priority DESC, run_at
          LIMIT $1
-         FOR UPDATE SKIP LOCKED",
-    )
-    .bind(limit)
-    .fetch_all(tx)
-    .await
+         FOR UPDATE SKIP LOCKED";
+
+/// Locks up to `limit` due, unpublished jobs: higher priority first, then oldest due first.
+pub async fn lock_due(tx: &mut PgConnection, limit: i64) -> sqlx::Result<Vec<DueJob>> {
+    sqlx::query_as(LOCK_DUE_SQL).bind(limit).fetch_all(tx).await
 }
 
 /// Marks jobs as handed to the broker (after RabbitMQ confirmed them).
@@ -94,12 +93,15 @@ pub async fn republish_stale(
 }
 
 /// How many due jobs wait to be published: the relay's backlog (grows while RabbitMQ is away).
+/// Two counts, one per outbox index (`jobs_outbox_queued`, `jobs_outbox_later`), so neither
+/// becomes a scan of the whole table.
 pub async fn count_due(db: impl sqlx::PgExecutor<'_>) -> sqlx::Result<i64> {
     sqlx::query_scalar(
-        "SELECT count(*) FROM jobs
-         WHERE published_at IS NULL
-           AND state IN ('scheduled', 'queued', 'retrying')
-           AND run_at <= now()",
+        "SELECT (SELECT count(*) FROM jobs
+                 WHERE published_at IS NULL AND state = 'queued' AND run_at <= now())
+              + (SELECT count(*) FROM jobs
+                 WHERE published_at IS NULL AND state IN ('scheduled', 'retrying')
+                   AND run_at <= now())",
     )
     .fetch_one(db)
     .await
