@@ -73,7 +73,8 @@ async fn enqueue_survives_a_broker_outage_and_jobs_run_when_it_returns() {
     );
 
     let waiting: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM jobs WHERE published_at IS NULL AND state = 'queued'",
+        "SELECT count(*) FROM outbox JOIN jobs ON jobs.id = outbox.job_id
+         WHERE jobs.state = 'queued'",
     )
     .fetch_one(&app.pool)
     .await

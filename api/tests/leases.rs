@@ -18,14 +18,13 @@ async fn claimed_by_ghost(app: &TestApp, body: serde_json::Value) -> JobId {
     let mut body = body;
     body["run_at"] = json!(future);
     let id: JobId = app.enqueue(body).await.parse().unwrap();
-    // Make it claimable without publishing it, then claim it with a half-second lease.
-    sqlx::query(
-        "UPDATE jobs SET state = 'queued', run_at = now(), published_at = now() WHERE id = $1",
-    )
-    .bind(id)
-    .execute(&app.pool)
-    .await
-    .unwrap();
+    // Make it claimable without publishing it (a `queued` job out of the outbox, as if its
+    // message were on its way), then claim it with a half-second lease.
+    sqlx::query("UPDATE jobs SET state = 'queued', run_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
     let claimed = lifecycle::claim_batch(&app.pool, &[id], "ghost", 0.5)
         .await
         .unwrap();

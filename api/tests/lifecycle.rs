@@ -175,7 +175,7 @@ async fn a_cancelled_job_whose_message_is_in_rabbitmq_is_skipped() {
     let id = app.enqueue(noop(json!({}))).await;
     let published = eventually(Duration::from_secs(5), || async {
         let published: bool =
-            sqlx::query_scalar("SELECT published_at IS NOT NULL FROM jobs WHERE id = $1")
+            sqlx::query_scalar("SELECT NOT EXISTS (SELECT 1 FROM outbox WHERE job_id = $1)")
                 .bind(Uuid::parse_str(&id).unwrap())
                 .fetch_one(&app.pool)
                 .await

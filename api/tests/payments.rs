@@ -170,11 +170,18 @@ async fn running_a_charge_again_neither_charges_nor_books_twice() {
     app.wait_for_state(&job, "succeeded", Duration::from_secs(10))
         .await;
     // As if the outcome had been lost after the effects happened: the job runs once more.
-    sqlx::query("UPDATE jobs SET state = 'queued', published_at = NULL WHERE id = $1::uuid")
-        .bind(&job)
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "WITH requeued AS (
+             UPDATE jobs SET state = 'queued' WHERE id = $1::uuid
+             RETURNING id, queue, kind, priority, run_at, traceparent
+         )
+         INSERT INTO outbox (job_id, queue, kind, priority, run_at, traceparent)
+         SELECT * FROM requeued",
+    )
+    .bind(&job)
+    .execute(&app.pool)
+    .await
+    .unwrap();
     let again = app
         .wait_for_state(&job, "succeeded", Duration::from_secs(10))
         .await;

@@ -30,13 +30,12 @@ async fn queue_stats_with_a_million_finished_jobs() {
     // last 5 minutes hold ~rows/8640 of them, as a steady rate would leave.
     sqlx::query(
         "INSERT INTO jobs (id, tenant, kind, queue, state, payload, max_attempts, timeout_secs,
-                           run_at, created_at, updated_at, started_at, finished_at, attempts,
-                           published_at)
+                           run_at, created_at, updated_at, started_at, finished_at, attempts)
          SELECT gen_random_uuid(), 'default', 'noop',
                 (ARRAY['default', 'transactions', 'integrations'])[1 + i % 3],
                 CASE WHEN i % 50 = 0 THEN 'dead' ELSE 'succeeded' END::job_state,
                 '{}', 25, 60, t - interval '20 ms', t, t, t,
-                t + (random() * interval '200 ms'), 1, t
+                t + (random() * interval '200 ms'), 1
          FROM generate_series(1, $1::bigint) AS i,
               LATERAL (SELECT now() - (i * interval '30 days' / $1::bigint) AS t) ts",
     )
@@ -59,9 +58,9 @@ async fn queue_stats_with_a_million_finished_jobs() {
     .unwrap();
     sqlx::query(
         "INSERT INTO jobs (id, tenant, kind, queue, state, payload, max_attempts, timeout_secs,
-                           run_at, published_at)
+                           run_at)
          SELECT gen_random_uuid(), 'default', 'noop', 'default', 'queued', '{}', 25, 60,
-                now() - i * interval '10 ms', now()
+                now() - i * interval '10 ms'
          FROM generate_series(1, 10000) AS i",
     )
     .execute(&app.pool)

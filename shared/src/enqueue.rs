@@ -393,7 +393,10 @@ pub fn created_committed(relay: &RelayWaker, jobs: &[Job]) {
 ///
 /// One multi-row INSERT for the whole batch (arrays through `unnest`), returning rows in
 /// request order. `ON CONFLICT` only ever fires for scheduled ticks (`jobs_schedule_tick` is a
-/// partial unique index over rows with a schedule_id), so api jobs are never dropped.
+/// partial unique index over rows with a schedule_id), so api jobs are never dropped. The jobs
+/// due now go into the outbox in the same statement (a data-modifying CTE): one statement keeps
+/// a single-job enqueue to one round trip, and a job is never stored without its outbox row.
+/// Scheduled jobs get theirs when the relay promotes them.
 pub async fn insert(
     conn: &mut sqlx::PgConnection,
     tenant: &str,
@@ -427,17 +430,24 @@ pub async fn insert(
         .collect();
     // No NOTIFY here: see `RelayWaker` for why the relay is woken in process instead.
     let mut rows: Vec<Job> = sqlx::query_as(
-        "INSERT INTO jobs (id, tenant, kind, queue, state, payload, priority, max_attempts,
-                           timeout_secs, run_at, schedule_id, tick, traceparent)
-         SELECT id, $2, kind, queue, state::job_state, payload, priority, max_attempts,
-                timeout_secs, run_at, schedule_id, tick, traceparent
-         FROM unnest($1::uuid[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::int2[],
-                     $8::int4[], $9::int4[], $10::timestamptz[], $11::uuid[], $12::timestamptz[],
-                     $13::text[])
-              AS t(id, kind, queue, state, payload, priority, max_attempts, timeout_secs, run_at,
-                   schedule_id, tick, traceparent)
-         ON CONFLICT (schedule_id, tick) WHERE schedule_id IS NOT NULL DO NOTHING
-         RETURNING *",
+        "WITH job AS (
+             INSERT INTO jobs (id, tenant, kind, queue, state, payload, priority, max_attempts,
+                               timeout_secs, run_at, schedule_id, tick, traceparent)
+             SELECT id, $2, kind, queue, state::job_state, payload, priority, max_attempts,
+                    timeout_secs, run_at, schedule_id, tick, traceparent
+             FROM unnest($1::uuid[], $3::text[], $4::text[], $5::text[], $6::jsonb[],
+                         $7::int2[], $8::int4[], $9::int4[], $10::timestamptz[], $11::uuid[],
+                         $12::timestamptz[], $13::text[])
+                  AS t(id, kind, queue, state, payload, priority, max_attempts, timeout_secs,
+                       run_at, schedule_id, tick, traceparent)
+             ON CONFLICT (schedule_id, tick) WHERE schedule_id IS NOT NULL DO NOTHING
+             RETURNING *
+         ), due AS (
+             INSERT INTO outbox (job_id, queue, kind, priority, run_at, traceparent)
+             SELECT id, queue, kind, priority, run_at, traceparent FROM job
+             WHERE state = 'queued'
+         )
+         SELECT * FROM job",
     )
     .bind(&ids)
     .bind(tenant)

@@ -1,6 +1,6 @@
 //! The outbox relay: moves due jobs from Postgres to RabbitMQ.
 //!
-//! Guarantee: a job is marked published only after RabbitMQ confirmed it (persistent message,
+//! Guarantee: a job leaves the outbox only after RabbitMQ confirmed it (persistent message,
 //! publisher confirms, mandatory routing). If anything fails in between, the transaction rolls
 //! back and the job is published again later; if RabbitMQ loses a confirmed message, the job is
 //! found still `queued` and published again ([`crate::outbox::republish_stale`]). A duplicate
@@ -87,8 +87,9 @@ pub struct RelayConfig {
     pub confirm_timeout: Duration,
     /// After a notification, how long to gather more jobs before publishing.
     pub coalesce: Duration,
-    /// A job still `queued` this long after it was published, while its RabbitMQ queue holds
-    /// no ready message, is published again (its message was lost).
+    /// A job still `queued` this long after it was handed to RabbitMQ (counted from when it
+    /// became `queued`, see [`outbox::republish_stale`]), while its RabbitMQ queue holds no
+    /// ready message, is published again (its message was lost).
     pub republish_after: Duration,
 }
 
@@ -281,10 +282,10 @@ impl Relay {
             return Ok(0);
         }
         tracing::Span::current().record("jobs", due.len());
-        // On failure the transaction rolls back: the jobs stay unpublished and go out later.
+        // On failure the transaction rolls back: the jobs stay in the outbox and go out later.
         self.send(channel, &due).await?;
         let ids: Vec<_> = due.iter().map(|j| j.id).collect();
-        outbox::mark_published(&mut tx, &ids).await?;
+        outbox::remove_published(&mut tx, &ids).await?;
         tx.commit().await?;
         for job in &due {
             metrics::counter!("conveyor_relay_published_total", "queue" => job.queue.clone())
@@ -353,7 +354,7 @@ impl Relay {
     }
 
     /// Publishes again the jobs of each queue whose RabbitMQ queue is empty but which are
-    /// still `queued` long after they were published: their messages were lost.
+    /// still `queued` long after they left the outbox: their messages were lost.
     async fn republish_lost(&self, channel: &Channel) -> Result<(), RelayError> {
         for queue in &self.queues {
             let declared = channel

@@ -43,6 +43,11 @@ pub enum TransitionError {
 
 /// Cancels a waiting (`scheduled`, `queued` or `retrying`) job. A waiting job has no open
 /// attempt, so the attempts log is left as it is.
+///
+/// The job leaves the outbox in the same statement, so no relay publishes it afterwards. If a
+/// relay is publishing it right now, the delete waits for the relay's transaction; the job row,
+/// already changed by then, keeps any worker from claiming the job before the cancel commits,
+/// and once it has, the claim finds the job `cancelled` and skips the message.
 #[tracing::instrument(name = "job.cancel", skip(tx), fields(job_id = %id))]
 pub async fn cancel(
     tx: &mut PgConnection,
@@ -52,10 +57,15 @@ pub async fn cancel(
     let mut tries = 0;
     loop {
         let cancelled: Option<Job> = sqlx::query_as(
-            "UPDATE jobs
-             SET state = 'cancelled', finished_at = now(), updated_at = now()
-             WHERE state IN ('scheduled', 'queued', 'retrying') AND tenant = $1 AND id = $2
-             RETURNING *",
+            "WITH cancelled AS (
+                 UPDATE jobs
+                 SET state = 'cancelled', finished_at = now(), updated_at = now()
+                 WHERE state IN ('scheduled', 'queued', 'retrying') AND tenant = $1 AND id = $2
+                 RETURNING *
+             ), unsent AS (
+                 DELETE FROM outbox WHERE job_id = ANY(ARRAY(SELECT id FROM cancelled))
+             )
+             SELECT * FROM cancelled",
         )
         .bind(tenant)
         .bind(id)
@@ -78,18 +88,27 @@ pub async fn cancel(
 
 /// Runs a `dead` or `cancelled` job again with a fresh attempt budget: attempts keep counting
 /// (so attempt numbers stay unique in the log) but only those after `attempts_base` count
-/// against `max_attempts`. The job is due at once and the relay is woken when `tx` commits;
-/// `last_error` is kept as history until the next attempt overwrites it.
+/// against `max_attempts`. The job is due at once: it goes into the outbox in the same
+/// statement, and the relay is woken when `tx` commits. `last_error` is kept as history until
+/// the next attempt overwrites it.
 #[tracing::instrument(name = "job.retry", skip(tx), fields(job_id = %id))]
 pub async fn retry(tx: &mut PgConnection, tenant: &str, id: JobId) -> Result<Job, TransitionError> {
     let mut tries = 0;
     loop {
         let retried: Option<Job> = sqlx::query_as(
-            "UPDATE jobs
-             SET state = 'queued', attempts_base = attempts, run_at = now(),
-                 published_at = NULL, finished_at = NULL, result = NULL, updated_at = now()
-             WHERE state IN ('dead', 'cancelled') AND tenant = $1 AND id = $2
-             RETURNING *",
+            "WITH retried AS (
+                 UPDATE jobs
+                 SET state = 'queued', attempts_base = attempts, run_at = now(),
+                     finished_at = NULL, result = NULL, updated_at = now()
+                 WHERE state IN ('dead', 'cancelled') AND tenant = $1 AND id = $2
+                 RETURNING *
+             ), due AS (
+                 -- DO UPDATE, not DO NOTHING: see the `outbox` module.
+                 INSERT INTO outbox (job_id, queue, kind, priority, run_at, traceparent)
+                 SELECT id, queue, kind, priority, run_at, traceparent FROM retried
+                 ON CONFLICT (job_id) DO UPDATE SET run_at = EXCLUDED.run_at
+             )
+             SELECT * FROM retried",
         )
         .bind(tenant)
         .bind(id)

@@ -55,7 +55,7 @@ pub async fn reap_expired(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<Reaped>
                                     THEN now() END,
                  last_error = 'lease expired: worker ' || coalesce(j.worker, '?')
                               || ' stopped renewing it (crashed, hung or cut off)',
-                 run_at = now(), published_at = NULL, worker = NULL, lease_expires_at = NULL,
+                 run_at = now(), worker = NULL, lease_expires_at = NULL,
                  updated_at = now()
              FROM expired
              WHERE j.id = expired.id AND j.state = 'running'

@@ -115,7 +115,6 @@ pub async fn complete_batch(
                  result = c.result,
                  last_error = c.error,
                  run_at = COALESCE(c.retry_at, j.run_at),
-                 published_at = CASE WHEN c.state = 'retrying' THEN NULL ELSE j.published_at END,
                  worker = NULL,
                  lease_expires_at = NULL
              FROM c

@@ -156,8 +156,6 @@ pub struct Job {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
     #[serde(skip)]
-    pub published_at: Option<DateTime<Utc>>,
-    #[serde(skip)]
     pub worker: Option<String>,
     #[serde(skip)]
     pub lease_expires_at: Option<DateTime<Utc>>,

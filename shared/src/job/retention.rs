@@ -25,22 +25,32 @@ pub struct DeadFilter {
 }
 
 /// Retries every dead job matching `filter` with a fresh attempt budget, in the caller's
-/// transaction (the relay is woken when it commits); returns how many.
+/// transaction: they go into the outbox in the same statement, and the relay is woken when it
+/// commits. Returns how many.
 pub async fn retry_dead(tx: &mut PgConnection, filter: &DeadFilter) -> sqlx::Result<u64> {
-    let n = sqlx::query(
-        "UPDATE jobs SET state = 'queued', attempts_base = attempts, run_at = now(),
-                published_at = NULL, finished_at = NULL, result = NULL, updated_at = now()
-         WHERE state = 'dead'
-           AND ($1::text IS NULL OR tenant = $1)
-           AND ($2::text IS NULL OR queue = $2)
-           AND ($3::text IS NULL OR kind = $3)",
+    let n: i64 = sqlx::query_scalar(
+        "WITH retried AS (
+             UPDATE jobs SET state = 'queued', attempts_base = attempts, run_at = now(),
+                    finished_at = NULL, result = NULL, updated_at = now()
+             WHERE state = 'dead'
+               AND ($1::text IS NULL OR tenant = $1)
+               AND ($2::text IS NULL OR queue = $2)
+               AND ($3::text IS NULL OR kind = $3)
+             RETURNING id, queue, kind, priority, run_at, traceparent
+         ), due AS (
+             -- DO UPDATE, not DO NOTHING: see the `outbox` module.
+             INSERT INTO outbox (job_id, queue, kind, priority, run_at, traceparent)
+             SELECT id, queue, kind, priority, run_at, traceparent FROM retried
+             ON CONFLICT (job_id) DO UPDATE SET run_at = EXCLUDED.run_at
+         )
+         SELECT count(*) FROM retried",
     )
     .bind(&filter.tenant)
     .bind(&filter.queue)
     .bind(&filter.kind)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
+    .fetch_one(&mut *tx)
+    .await?;
+    let n = n as u64;
     if n > 0 {
         sqlx::query("SELECT pg_notify($1, '')")
             .bind(OUTBOX_CHANNEL)
@@ -54,7 +64,8 @@ pub async fn retry_dead(tx: &mut PgConnection, filter: &DeadFilter) -> sqlx::Res
 /// `include_dead`), `batch` at a time; returns how many were deleted. Idempotency keys older
 /// than the cutoff go too (with the last batch), since the jobs they point at may be gone.
 /// With `audit`, each batch's transaction records a `jobs.purge` entry by that actor with the
-/// batch's number and count.
+/// batch's number and count. A finished job normally has no outbox row, but one left behind by
+/// a relay whose commit failed goes with its job: a message naming no job would be poison.
 pub async fn purge_finished(
     pool: &PgPool,
     cutoff: DateTime<Utc>,
@@ -65,22 +76,27 @@ pub async fn purge_finished(
     let mut total = 0;
     for number in 1.. {
         let mut tx = pool.begin().await?;
-        let n = sqlx::query(
-            "DELETE FROM jobs WHERE id IN (
-                 SELECT id FROM jobs
-                 WHERE finished_at < $1
-                   AND (state IN ('succeeded', 'cancelled') OR ($2 AND state = 'dead'))
-                 LIMIT $3
-                 FOR UPDATE SKIP LOCKED)",
+        let n: i64 = sqlx::query_scalar(
+            "WITH purged AS (
+                 DELETE FROM jobs WHERE id IN (
+                     SELECT id FROM jobs
+                     WHERE finished_at < $1
+                       AND (state IN ('succeeded', 'cancelled') OR ($2 AND state = 'dead'))
+                     LIMIT $3
+                     FOR UPDATE SKIP LOCKED)
+                 RETURNING id
+             ), unsent AS (
+                 DELETE FROM outbox WHERE job_id = ANY(ARRAY(SELECT id FROM purged))
+             )
+             SELECT count(*) FROM purged",
         )
         .bind(cutoff)
         .bind(include_dead)
         .bind(batch)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        total += n;
-        let last = (n as i64) < batch;
+        .fetch_one(&mut *tx)
+        .await?;
+        total += n as u64;
+        let last = n < batch;
         if last {
             sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
                 .bind(cutoff)
