@@ -110,17 +110,8 @@ impl KeyCache {
             return;
         }
         loop {
-            let mut listener = match PgListener::connect_with(&pool).await {
-                Ok(mut l) => match l.listen(KEYS_CHANNEL).await {
-                    Ok(()) => l,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "key cache cannot LISTEN; retrying");
-                        if pause(&shutdown).await {
-                            return;
-                        }
-                        continue;
-                    }
-                },
+            let mut listener = match listen(&pool).await {
+                Ok(l) => l,
                 Err(e) => {
                     tracing::warn!(error = %e, "key cache cannot LISTEN; retrying");
                     if pause(&shutdown).await {
@@ -146,6 +137,12 @@ impl KeyCache {
             }
         }
     }
+}
+
+async fn listen(pool: &PgPool) -> sqlx::Result<PgListener> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(KEYS_CHANNEL).await?;
+    Ok(listener)
 }
 
 /// Waits a second before trying again; true when `shutdown` came first.

@@ -66,8 +66,11 @@ pub struct Application {
     relay: Option<Relay>,
     /// What enqueues wake: the relay, or without one a forwarder to other processes' relays.
     waker: RelayWaker,
-    /// Kept here as well as in the router, to follow revocations while serving.
+    /// Kept here as well as in the router, to follow revocations while serving, over a
+    /// connection of its own (a LISTEN holds its connection for good; the handlers' pool keeps
+    /// all of its).
     keys: Arc<KeyCache>,
+    keys_listen: PgPool,
     /// Kept here as well as in the router, to sweep it while serving.
     auth_failures: Arc<AuthFailureLimiter>,
     connection_limits: ConnectionLimits,
@@ -84,6 +87,7 @@ impl Application {
         let health = Health::new(pool.clone());
         let waker = RelayWaker::default();
         let keys = Arc::new(KeyCache::new(config.auth_cache_ttl));
+        let keys_listen = db::connect_pool(&config.database, 1, &[]).await?;
         let state = AppState {
             pool: pool.clone(),
             limits: Arc::new(Limits {
@@ -127,6 +131,7 @@ impl Application {
             relay,
             waker,
             keys,
+            keys_listen,
             auth_failures,
             connection_limits: ConnectionLimits {
                 max_connections: config.max_connections,
@@ -153,7 +158,7 @@ impl Application {
                 .boxed(),
         });
         let revocations = tokio::spawn({
-            let (keys, pool, shutdown) = (self.keys.clone(), self.pool.clone(), shutdown.clone());
+            let (keys, pool, shutdown) = (self.keys.clone(), self.keys_listen, shutdown.clone());
             async move { keys.follow_revocations(pool, shutdown).await }
         });
         let sweeper = tokio::spawn(
