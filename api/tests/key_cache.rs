@@ -9,15 +9,34 @@ use std::time::Duration;
 
 use conveyor_shared::keys::{ApiKey, Scope};
 use reqwest::StatusCode;
-use support::{Options, TestApp, problem};
+use support::{Options, TestApp, eventually, problem};
 
 async fn spawn() -> TestApp {
-    TestApp::spawn_with(Options {
+    let app = TestApp::spawn_with(Options {
         worker: false,
         auth_cache_ttl: Duration::from_secs(60),
         ..Default::default()
     })
-    .await
+    .await;
+    // The cache empties itself once its LISTEN begins (it may have missed a notification
+    // before); wait for that, so it cannot empty a cache a test has just filled.
+    let listening = eventually(Duration::from_secs(10), || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND state = 'idle'
+               AND query LIKE 'LISTEN%conveyor_api_keys%'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        (n > 0).then_some(())
+    })
+    .await;
+    assert!(
+        listening.is_some(),
+        "the api's key cache never began to LISTEN"
+    );
+    app
 }
 
 async fn status(app: &TestApp, token: &str) -> StatusCode {
@@ -99,14 +118,14 @@ async fn a_cached_key_expires_on_time() {
         "acme",
         "ci",
         &[Scope::JobsRead],
-        Some(chrono::Duration::milliseconds(1500)),
+        Some(chrono::Duration::seconds(3)),
     )
     .await
     .unwrap();
     assert_eq!(status(&app, &token).await, StatusCode::OK);
     // Nothing changes in Postgres and nothing is told: only the cached expiry can refuse it
     // before the minute is out.
-    tokio::time::sleep(Duration::from_millis(1600)).await;
+    tokio::time::sleep(Duration::from_millis(3200)).await;
     let r = app.get_as(&token, "/v1/jobs").await;
     problem(r, StatusCode::UNAUTHORIZED, "key_expired").await;
     app.stop().await;
