@@ -15,6 +15,8 @@ pub mod cli;
 pub mod config;
 /// `ApiError` and its problem+json rendering: the one place errors meet HTTP.
 pub mod error;
+/// Concurrent single-job enqueues written as one INSERT and one commit.
+pub mod group_commit;
 /// A short-lived cache of token lookups, emptied on every revocation.
 pub mod key_cache;
 /// The OpenAPI document served at `/openapi.json`.

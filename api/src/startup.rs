@@ -32,6 +32,7 @@ use crate::{
     auth_failures::{self, AuthFailureLimiter},
     config::Config,
     error::ApiError,
+    group_commit::GroupCommit,
     key_cache::KeyCache,
     ratelimit::RateLimiter,
     routes,
@@ -51,6 +52,8 @@ pub struct AppState {
     pub relay: RelayWaker,
     /// What bearer tokens are, remembered for a few seconds.
     pub keys: Arc<KeyCache>,
+    /// Single-job enqueues without an Idempotency-Key, written together when they coincide.
+    pub single_enqueues: GroupCommit,
 }
 
 #[derive(Debug)]
@@ -106,6 +109,7 @@ impl Application {
             )),
             relay: waker.clone(),
             keys: keys.clone(),
+            single_enqueues: GroupCommit::start(pool.clone(), waker.clone()),
         };
         let relay = config.run_relay.then(|| Relay {
             pool: pool.clone(),

@@ -78,31 +78,41 @@ pub async fn create(
         |_| String::new(),
     )
     .await?;
-    let idem = idem.map(|k| IdempotencyKey::new(k, "job", &raw));
+    let Some(idem) = idem else {
+        // Without a key, concurrent requests share one INSERT (see `group_commit`).
+        let job = state
+            .single_enqueues
+            .enqueue(&principal.tenant, job)
+            .await?;
+        return Ok(created(job));
+    };
+    let idem = IdempotencyKey::new(idem, "job", &raw);
     match enqueue::enqueue(
         &state.pool,
         &state.relay,
         &principal.tenant,
         vec![job],
-        idem,
+        Some(idem),
     )
     .await?
     {
-        Enqueued::Created(mut jobs) => {
-            let job = jobs.remove(0);
-            let location = format!("/v1/jobs/{}", job.id);
-            Ok((
-                StatusCode::CREATED,
-                [(header::LOCATION, location)],
-                Json(job),
-            )
-                .into_response())
-        }
+        Enqueued::Created(mut jobs) => Ok(created(jobs.remove(0))),
         Enqueued::Replayed(mut jobs) if !jobs.is_empty() => {
             Ok((StatusCode::OK, Json(jobs.remove(0))).into_response())
         }
         Enqueued::Replayed(_) => Err(ApiError::NotFound("the job this Idempotency-Key created")),
     }
+}
+
+/// 201 with the job and its `Location`.
+fn created(job: Job) -> Response {
+    let location = format!("/v1/jobs/{}", job.id);
+    (
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(job),
+    )
+        .into_response()
 }
 
 /// Enqueue up to 1000 jobs at once; any invalid job rejects the whole batch.
