@@ -37,9 +37,11 @@ pub struct GroupCommit {
 struct Request {
     tenant: String,
     job: NewJob,
-    /// `None`: the group failed; write the job alone.
-    reply: oneshot::Sender<Option<Job>>,
+    reply: oneshot::Sender<Outcome>,
 }
+
+/// The stored row, or, when the group failed, the job handed back to be written alone.
+type Outcome = Result<Job, NewJob>;
 
 impl GroupCommit {
     /// Starts the task that forms groups; it ends when every handle is dropped.
@@ -59,15 +61,21 @@ impl GroupCommit {
         let (reply, outcome) = oneshot::channel();
         let request = Request {
             tenant: tenant.to_owned(),
-            job: job.clone(),
+            job,
             reply,
         };
-        if self.requests.send(request).await.is_ok()
-            && let Ok(Some(stored)) = outcome.await
-        {
-            return Ok(stored);
-        }
-        // The group failed (or the gathering task is gone): alone, with its own error.
+        let job = match self.requests.send(request).await {
+            Ok(()) => match outcome.await {
+                Ok(Ok(stored)) => return Ok(stored),
+                Ok(Err(job)) => job,
+                // The writer was dropped mid-write (it panicked): whether the row was stored
+                // is unknown, so the job is not written again.
+                Err(_) => return Err(EnqueueError::Database(sqlx::Error::WorkerCrashed)),
+            },
+            // The gathering task is gone.
+            Err(mpsc::error::SendError(request)) => request.job,
+        };
+        // The group failed: alone, with its own error.
         match enqueue::enqueue(&self.pool, &self.relay, tenant, vec![job], None).await? {
             Enqueued::Created(mut jobs) => Ok(jobs.remove(0)),
             Enqueued::Replayed(_) => unreachable!("no Idempotency-Key, no replay"),
@@ -110,7 +118,8 @@ async fn write(pool: &PgPool, relay: &RelayWaker, group: Vec<Request>) {
             .push(request);
     }
     for (tenant, requests) in by_tenant {
-        let jobs: Vec<NewJob> = requests.iter().map(|r| r.job.clone()).collect();
+        let (jobs, replies): (Vec<NewJob>, Vec<_>) =
+            requests.into_iter().map(|r| (r.job, r.reply)).unzip();
         let stored = match pool.acquire().await {
             Ok(mut conn) => enqueue::insert(&mut conn, &tenant, &jobs).await,
             Err(e) => Err(e),
@@ -118,18 +127,18 @@ async fn write(pool: &PgPool, relay: &RelayWaker, group: Vec<Request>) {
         match stored {
             // `insert` returns the rows in request order, one per job (no schedule ticks here,
             // so no conflict can leave one out).
-            Ok(rows) if rows.len() == requests.len() => {
+            Ok(rows) if rows.len() == jobs.len() => {
                 enqueue::created_committed(relay, &rows);
-                for (request, row) in requests.into_iter().zip(rows) {
-                    let _ = request.reply.send(Some(row));
+                for (reply, row) in replies.into_iter().zip(rows) {
+                    let _ = reply.send(Ok(row));
                 }
             }
             outcome => {
                 if let Err(e) = outcome {
-                    tracing::warn!(error = %e, jobs = requests.len(), "group enqueue failed; writing each job alone");
+                    tracing::warn!(error = %e, jobs = jobs.len(), "group enqueue failed; writing each job alone");
                 }
-                for request in requests {
-                    let _ = request.reply.send(None);
+                for (reply, job) in replies.into_iter().zip(jobs) {
+                    let _ = reply.send(Err(job));
                 }
             }
         }

@@ -24,7 +24,11 @@ use std::{
 };
 
 use chrono::Utc;
-use conveyor_shared::keys::{ApiKey, Authentication, KEYS_CHANNEL, Principal, token_digest};
+use conveyor_shared::{
+    config::DatabaseConfig,
+    db,
+    keys::{ApiKey, Authentication, KEYS_CHANNEL, Principal, token_digest},
+};
 use sqlx::{PgPool, postgres::PgListener};
 use tokio_util::sync::CancellationToken;
 
@@ -55,10 +59,10 @@ impl KeyCache {
     }
 
     pub async fn authenticate(&self, pool: &PgPool, token: &str) -> sqlx::Result<Authentication> {
-        if self.ttl.is_zero() {
-            return ApiKey::authenticate(pool, token).await;
-        }
         let digest = token_digest(token);
+        if self.ttl.is_zero() {
+            return ApiKey::authenticate(pool, &digest).await;
+        }
         if let Some(principal) = self.get(&digest) {
             return Ok(match principal.expires_at {
                 Some(at) if at <= Utc::now() => Authentication::Expired,
@@ -66,7 +70,7 @@ impl KeyCache {
             });
         }
         let generation = self.generation.load(Ordering::Acquire);
-        let found = ApiKey::authenticate(pool, token).await?;
+        let found = ApiKey::authenticate(pool, &digest).await?;
         if let Authentication::Valid(principal) = &found {
             let mut entries = self.entries.lock().expect("key cache lock");
             if self.generation.load(Ordering::Acquire) == generation {
@@ -104,13 +108,15 @@ impl KeyCache {
     }
 
     /// Empties the cache whenever a key is revoked or rotated anywhere, and whenever the
-    /// LISTEN connection is lost (it may have missed a notification), until `shutdown`.
-    pub async fn follow_revocations(&self, pool: PgPool, shutdown: CancellationToken) {
+    /// LISTEN connection is lost (it may have missed a notification), until `shutdown`. The
+    /// LISTEN has a connection of its own (it holds it for good; the handlers' pool keeps all
+    /// of its), opened only when the cache is on.
+    pub async fn follow_revocations(&self, database: DatabaseConfig, shutdown: CancellationToken) {
         if self.ttl.is_zero() {
             return;
         }
         loop {
-            let mut listener = match listen(&pool).await {
+            let mut listener = match listen(&database).await {
                 Ok(l) => l,
                 Err(e) => {
                     tracing::warn!(error = %e, "key cache cannot LISTEN; retrying");
@@ -139,8 +145,9 @@ impl KeyCache {
     }
 }
 
-async fn listen(pool: &PgPool) -> sqlx::Result<PgListener> {
-    let mut listener = PgListener::connect_with(pool).await?;
+async fn listen(database: &DatabaseConfig) -> anyhow::Result<PgListener> {
+    let pool = db::connect_pool(database, 1, &[]).await?;
+    let mut listener = PgListener::connect_with(&pool).await?;
     listener.listen(KEYS_CHANNEL).await?;
     Ok(listener)
 }

@@ -16,6 +16,7 @@ use axum::{
 };
 use conveyor_shared::{
     broker::Inspector,
+    config::DatabaseConfig,
     db, enqueue,
     health::Health,
     keys::ApiKey,
@@ -69,11 +70,9 @@ pub struct Application {
     relay: Option<Relay>,
     /// What enqueues wake: the relay, or without one a forwarder to other processes' relays.
     waker: RelayWaker,
-    /// Kept here as well as in the router, to follow revocations while serving, over a
-    /// connection of its own (a LISTEN holds its connection for good; the handlers' pool keeps
-    /// all of its).
+    /// Kept here as well as in the router, to follow revocations while serving.
     keys: Arc<KeyCache>,
-    keys_listen: PgPool,
+    database: DatabaseConfig,
     /// Kept here as well as in the router, to sweep it while serving.
     auth_failures: Arc<AuthFailureLimiter>,
     connection_limits: ConnectionLimits,
@@ -90,7 +89,6 @@ impl Application {
         let health = Health::new(pool.clone());
         let waker = RelayWaker::default();
         let keys = Arc::new(KeyCache::new(config.auth_cache_ttl));
-        let keys_listen = db::connect_pool(&config.database, 1, &[]).await?;
         let state = AppState {
             pool: pool.clone(),
             limits: Arc::new(Limits {
@@ -135,7 +133,7 @@ impl Application {
             relay,
             waker,
             keys,
-            keys_listen,
+            database: config.database.clone(),
             auth_failures,
             connection_limits: ConnectionLimits {
                 max_connections: config.max_connections,
@@ -162,8 +160,8 @@ impl Application {
                 .boxed(),
         });
         let revocations = tokio::spawn({
-            let (keys, pool, shutdown) = (self.keys.clone(), self.keys_listen, shutdown.clone());
-            async move { keys.follow_revocations(pool, shutdown).await }
+            let (keys, database, shutdown) = (self.keys.clone(), self.database, shutdown.clone());
+            async move { keys.follow_revocations(database, shutdown).await }
         });
         let sweeper = tokio::spawn(
             self.auth_failures

@@ -8,7 +8,7 @@ use std::process::Output;
 use conveyor_shared::keys::Scope;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{Options, TestApp, noop, problem};
+use support::{Options, TestApp, noop, output_field, problem};
 
 async fn conveyor_api(app: &TestApp, args: &[&str]) -> Output {
     let out = support::cli(app, args).await;
@@ -105,13 +105,7 @@ async fn admin_actions_are_recorded_with_who_what_when_and_where() {
         ],
     )
     .await;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let new_key = text
-        .lines()
-        .find_map(|l| l.strip_prefix("id:"))
-        .unwrap()
-        .trim()
-        .to_owned();
+    let new_key = output_field(&String::from_utf8_lossy(&out.stdout), "id:");
     conveyor_api(&app, &["keys", "revoke", &new_key]).await;
     conveyor_api(&app, &["jobs", "retry-dead", "--tenant", "default"]).await;
 
@@ -275,12 +269,7 @@ async fn an_action_whose_audit_entry_fails_is_rolled_back() {
         ],
     )
     .await;
-    let key = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("id:"))
-        .unwrap()
-        .trim()
-        .to_owned();
+    let key = output_field(&String::from_utf8_lossy(&out.stdout), "id:");
 
     // From now on every audit insert fails (this test's database only).
     sqlx::raw_sql(

@@ -6,7 +6,7 @@ use std::{process::Output, time::Duration};
 
 use reqwest::StatusCode;
 use serde_json::json;
-use support::{Options, TestApp, cli as conveyor_api};
+use support::{Options, TestApp, cli as conveyor_api, output_field};
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -39,14 +39,8 @@ async fn keys_are_created_listed_and_revoked_from_the_command_line() {
         "keys create failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = stdout(&out);
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
-            .unwrap_or_else(|| panic!("no {name} in {text}"))
-    };
-    let token = field("token:");
-    let id = field("id:");
+    let token = output_field(&stdout(&out), "token:");
+    let id = output_field(&stdout(&out), "id:");
     assert!(token.starts_with("cvy_"), "{token}");
 
     // The token works, for its tenant and scope only.
@@ -239,13 +233,6 @@ async fn dead_jobs_are_retried_in_bulk_and_old_finished_jobs_purged() {
     app.stop().await;
 }
 
-/// The value after `name` (`id:`, `token:`) in a command's output.
-fn field(text: &str, name: &str) -> String {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
-}
-
 /// The whitespace-separated columns of `keys list`'s row for key `id`: id, tenant, token
 /// prefix, scopes, status, expires, last used, name.
 async fn listed(app: &TestApp, id: &str) -> Vec<String> {
@@ -307,8 +294,8 @@ async fn keys_rotate_with_an_overlap_and_list_shows_expiry_and_last_use() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let old_id = field(&stdout(&out), "id:");
-    let old_token = field(&stdout(&out), "token:");
+    let old_id = output_field(&stdout(&out), "id:");
+    let old_token = output_field(&stdout(&out), "token:");
     let ninety_days = chrono::Utc::now() + chrono::Duration::days(90);
     assert!(near(expires_at(&app, &old_id).await.unwrap(), ninety_days));
 
@@ -333,8 +320,8 @@ async fn keys_rotate_with_an_overlap_and_list_shows_expiry_and_last_use() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let new_id = field(&stdout(&out), "id:");
-    let new_token = field(&stdout(&out), "token:");
+    let new_id = output_field(&stdout(&out), "id:");
+    let new_token = output_field(&stdout(&out), "token:");
     assert_ne!(new_id, old_id);
     assert!(new_token.starts_with("cvy_") && new_token != old_token);
     let two_hours = chrono::Utc::now() + chrono::Duration::hours(2);
@@ -366,7 +353,7 @@ async fn keys_rotate_with_an_overlap_and_list_shows_expiry_and_last_use() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let third_id = field(&stdout(&out), "id:");
+    let third_id = output_field(&stdout(&out), "id:");
     assert!(near(expires_at(&app, &old_id).await.unwrap(), two_hours));
 
     // Overlap 0s: the old key stops at once, the new ones keep working.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use conveyor_shared::keys::{ApiKey, Scope};
 use reqwest::StatusCode;
-use support::{Options, TestApp, eventually, problem};
+use support::{Options, TestApp, problem};
 
 async fn spawn() -> TestApp {
     let app = TestApp::spawn_with(Options {
@@ -20,22 +20,10 @@ async fn spawn() -> TestApp {
     .await;
     // The cache empties itself once its LISTEN begins (it may have missed a notification
     // before); wait for that, so it cannot empty a cache a test has just filled.
-    let listening = eventually(Duration::from_secs(10), || async {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = current_database() AND state = 'idle'
-               AND query LIKE 'LISTEN%conveyor_api_keys%'",
-        )
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-        (n > 0).then_some(())
-    })
-    .await;
-    assert!(
-        listening.is_some(),
-        "the api's key cache never began to LISTEN"
-    );
+    let listening = app
+        .wait_for_session("state = 'idle' AND query LIKE 'LISTEN%conveyor_api_keys%'")
+        .await;
+    assert!(listening, "the api's key cache never began to LISTEN");
     app
 }
 

@@ -210,19 +210,9 @@ async fn a_job_queued_again_while_a_relay_publishes_it_stays_in_the_outbox() {
                 .status()
         }
     });
-    let waiting = eventually(Duration::from_secs(10), || async {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-        (n > 0).then_some(())
-    })
-    .await;
+    let waiting = app.wait_for_session("wait_event_type = 'Lock'").await;
     assert!(
-        waiting.is_some() && !retry.is_finished(),
+        waiting && !retry.is_finished(),
         "the retry must wait for the relay holding the job's outbox row"
     );
 

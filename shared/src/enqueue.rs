@@ -13,6 +13,7 @@ use uuid::Uuid;
 use crate::{
     job::{Job, JobId, JobState},
     kind::JobKind,
+    outbox::into_outbox,
     relay::RelayWaker,
 };
 
@@ -429,7 +430,7 @@ pub async fn insert(
         .map(|j| j.traceparent.as_ref().map(|t| t.as_str()))
         .collect();
     // No NOTIFY here: see `RelayWaker` for why the relay is woken in process instead.
-    let mut rows: Vec<Job> = sqlx::query_as(
+    let mut rows: Vec<Job> = sqlx::query_as(concat!(
         "WITH job AS (
              INSERT INTO jobs (id, tenant, kind, queue, state, payload, priority, max_attempts,
                                timeout_secs, run_at, schedule_id, tick, traceparent)
@@ -442,13 +443,11 @@ pub async fn insert(
                        run_at, schedule_id, tick, traceparent)
              ON CONFLICT (schedule_id, tick) WHERE schedule_id IS NOT NULL DO NOTHING
              RETURNING *
-         ), due AS (
-             INSERT INTO outbox (job_id, queue, kind, priority, run_at, traceparent)
-             SELECT id, queue, kind, priority, run_at, traceparent FROM job
-             WHERE state = 'queued'
-         )
-         SELECT * FROM job",
-    )
+         ), due AS (",
+        into_outbox!("job WHERE state = 'queued'"),
+        ")
+         SELECT * FROM job"
+    ))
     .bind(&ids)
     .bind(tenant)
     .bind(&kinds)

@@ -143,10 +143,6 @@ pub fn token_digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-fn digest(token: &str) -> Vec<u8> {
-    token_digest(token).to_vec()
-}
-
 /// The first characters of a token, enough to recognise a key in `keys list`.
 fn display_prefix(token: &str) -> String {
     token.chars().take(TOKEN_PREFIX.len() + 4).collect()
@@ -202,7 +198,7 @@ impl ApiKey {
         .bind(Uuid::new_v4())
         .bind(tenant)
         .bind(name)
-        .bind(digest(token))
+        .bind(token_digest(token).as_slice())
         .bind(display_prefix(token))
         .bind(scopes)
         .bind(lifetime)
@@ -251,7 +247,7 @@ impl ApiKey {
     pub async fn ensure_bootstrap(pool: &PgPool, token: &str) -> Result<(), KeyError> {
         let exists: bool =
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM api_keys WHERE token_sha256 = $1)")
-                .bind(digest(token))
+                .bind(token_digest(token).as_slice())
                 .fetch_one(pool)
                 .await?;
         if !exists {
@@ -295,7 +291,9 @@ impl ApiKey {
         .await
     }
 
-    /// What a bearer token is, refreshing its key's `last_used_at` when valid.
+    /// What the bearer token of SHA-256 `digest` ([`token_digest`]) is, refreshing its key's
+    /// `last_used_at` when valid. It takes the digest, not the token, because its caller (the
+    /// api's cache) has already hashed the token to look it up.
     ///
     /// One statement, so one round trip: the lookup and the refresh are folded together. The
     /// refresh writes only when the stored value is over a minute old, so a key used thousands
@@ -303,7 +301,7 @@ impl ApiKey {
     /// last minute writes nothing (no row lock, no WAL). The age test names the table's column,
     /// not the CTE's snapshot: concurrent requests that queue behind the one refreshing see its
     /// new value when Postgres rechecks the row, and skip their own write.
-    pub async fn authenticate(pool: &PgPool, token: &str) -> sqlx::Result<Authentication> {
+    pub async fn authenticate(pool: &PgPool, digest: &[u8; 32]) -> sqlx::Result<Authentication> {
         type Row = (Uuid, String, Vec<String>, Option<DateTime<Utc>>, bool);
         let row: Option<Row> = sqlx::query_as(
             "WITH key AS (
@@ -320,7 +318,7 @@ impl ApiKey {
              )
              SELECT id, tenant, scopes, expires_at, expired FROM key",
         )
-        .bind(digest(token))
+        .bind(digest.as_slice())
         .fetch_optional(pool)
         .await?;
         Ok(match row {

@@ -28,6 +28,35 @@ use sqlx::PgConnection;
 
 use crate::job::JobId;
 
+/// The statement that puts the jobs a CTE returned (`$rows`: the CTE's name, with a `WHERE` if
+/// need be) into the outbox, for the data-modifying CTEs of every writer that makes jobs
+/// `queued`: one text for the columns and for the conflict rule (`DO UPDATE`, see above).
+/// A macro so that queries stay literals.
+macro_rules! into_outbox {
+    ($rows:literal) => {
+        concat!(
+            "INSERT INTO outbox (job_id, queue, kind, priority, run_at, traceparent)
+             SELECT id, queue, kind, priority, run_at, traceparent FROM ",
+            $rows,
+            " ON CONFLICT (job_id) DO UPDATE SET run_at = EXCLUDED.run_at"
+        )
+    };
+}
+
+/// The statement that takes the jobs a CTE returned (`$rows`, with an `id` column) out of the
+/// outbox, for the writers that end or delete waiting jobs.
+macro_rules! out_of_outbox {
+    ($rows:literal) => {
+        concat!(
+            "DELETE FROM outbox USING ",
+            $rows,
+            " AS gone WHERE outbox.job_id = gone.id"
+        )
+    };
+}
+
+pub(crate) use {into_outbox, out_of_outbox};
+
 /// Turns due `scheduled` and `retrying` jobs into `queued` and puts them in the outbox,
 /// committed on its own before they are published. The order matters: a worker's claim only
 /// takes `queued` rows, and Postgres evaluates that against the last *committed* version of the
@@ -35,16 +64,14 @@ use crate::job::JobId;
 /// could see the old state, claim nothing and drop the message. (The outbox rows are written in
 /// this statement, so [`lock_due`] only ever sees jobs whose `queued` state is committed.)
 pub async fn promote_due(db: impl sqlx::PgExecutor<'_>) -> sqlx::Result<u64> {
-    Ok(sqlx::query(
+    Ok(sqlx::query(concat!(
         "WITH promoted AS (
              UPDATE jobs SET state = 'queued', updated_at = now()
              WHERE state IN ('scheduled', 'retrying') AND run_at <= now()
              RETURNING id, queue, kind, priority, run_at, traceparent
-         )
-         INSERT INTO outbox (job_id, queue, kind, priority, run_at, traceparent)
-         SELECT id, queue, kind, priority, run_at, traceparent FROM promoted
-         ON CONFLICT (job_id) DO UPDATE SET run_at = EXCLUDED.run_at",
-    )
+         ) ",
+        into_outbox!("promoted")
+    ))
     .execute(db)
     .await?
     .rows_affected())
@@ -104,18 +131,16 @@ pub async fn republish_stale(
     queue: &str,
     after: std::time::Duration,
 ) -> sqlx::Result<u64> {
-    Ok(sqlx::query(
+    Ok(sqlx::query(concat!(
         "WITH stale AS (
              UPDATE jobs SET updated_at = now()
              WHERE state = 'queued' AND queue = $1
                AND updated_at < now() - make_interval(secs => $2)
                AND NOT EXISTS (SELECT 1 FROM outbox WHERE outbox.job_id = jobs.id)
              RETURNING id, queue, kind, priority, run_at, traceparent
-         )
-         INSERT INTO outbox (job_id, queue, kind, priority, run_at, traceparent)
-         SELECT id, queue, kind, priority, run_at, traceparent FROM stale
-         ON CONFLICT (job_id) DO UPDATE SET run_at = EXCLUDED.run_at",
-    )
+         ) ",
+        into_outbox!("stale")
+    ))
     .bind(queue)
     .bind(after.as_secs_f64())
     .execute(db)

@@ -222,11 +222,19 @@ impl Relay {
                 .clamp(Duration::from_millis(100), Duration::from_secs(60)),
         );
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Scheduled jobs and retries come due with time, not with enqueues: they are promoted
+        // once a poll interval, not on every wake (a busy api wakes the relay hundreds of
+        // times a second).
+        let mut promoted_at: Option<Instant> = None;
         loop {
             if sweep.tick().now_or_never().is_some() {
                 self.republish_lost(&session.channel).await?;
             }
-            match self.publish_batch(&session.channel).await {
+            let promote = promoted_at.is_none_or(|at| at.elapsed() >= self.config.poll_interval);
+            if promote {
+                promoted_at = Some(Instant::now());
+            }
+            match self.publish_batch(&session.channel, promote).await {
                 // A full batch: there is probably more, go again at once.
                 Ok(n) if n as i64 >= self.config.batch_size => continue,
                 Ok(_) => {}
@@ -270,12 +278,15 @@ impl Relay {
         }
     }
 
-    /// Publishes one batch of due jobs in one transaction; returns how many went out.
+    /// Publishes one batch of due jobs in one transaction, after promoting the scheduled and
+    /// retrying jobs whose time has come when `promote`; returns how many went out.
     #[tracing::instrument(name = "relay.publish_batch", skip_all, fields(jobs))]
-    async fn publish_batch(&self, channel: &Channel) -> Result<usize, RelayError> {
+    async fn publish_batch(&self, channel: &Channel, promote: bool) -> Result<usize, RelayError> {
         let started = Instant::now();
-        // Committed on its own before anything is published (see `promote_due`).
-        outbox::promote_due(&self.pool).await?;
+        if promote {
+            // Committed on its own before anything is published (see `promote_due`).
+            outbox::promote_due(&self.pool).await?;
+        }
         let mut tx = self.pool.begin().await?;
         let due = outbox::lock_due(&mut tx, self.config.batch_size).await?;
         if due.is_empty() {

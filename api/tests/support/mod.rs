@@ -297,6 +297,23 @@ impl TestApp {
         .unwrap_or_else(|| panic!("a revoked or retired token was still accepted after 2s"))
     }
 
+    /// Waits (up to 10 s) until a session of this test's database matches the SQL `condition`
+    /// on `pg_stat_activity` (a LISTEN in place, a statement waiting on a lock); whether one did.
+    pub async fn wait_for_session(&self, condition: &str) -> bool {
+        let sql = format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND {condition}"
+        );
+        eventually(Duration::from_secs(10), || async {
+            let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone()))
+                .fetch_one(&self.pool)
+                .await
+                .unwrap();
+            (n > 0).then_some(())
+        })
+        .await
+        .is_some()
+    }
+
     /// A new key for `tenant` with `scopes`; returns its token.
     pub async fn key(&self, tenant: &str, scopes: &[Scope]) -> String {
         ApiKey::create(&self.pool, tenant, "test", scopes)
@@ -467,6 +484,13 @@ pub async fn sandbox(faults: conveyor_sandbox::FaultConfig) -> Sandbox {
     let stop = CancellationToken::new();
     tokio::spawn(app.run_until_stopped(stop.clone().cancelled_owned()));
     Sandbox { addr, stop }
+}
+
+/// The value after `name` (`id:`, `token:`) in a command's output.
+pub fn output_field(text: &str, name: &str) -> String {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
 }
 
 /// Runs the real `conveyor-api` binary with `args` against the database at `database_url`.

@@ -13,7 +13,10 @@
 use sqlx::PgConnection;
 
 use super::{Job, JobId, JobState};
-use crate::relay::OUTBOX_CHANNEL;
+use crate::{
+    outbox::{into_outbox, out_of_outbox},
+    relay::OUTBOX_CHANNEL,
+};
 
 /// The states a job can be cancelled from: waiting, with no attempt running.
 pub const CANCELLABLE: [JobState; 3] = [JobState::Scheduled, JobState::Queued, JobState::Retrying];
@@ -56,17 +59,17 @@ pub async fn cancel(
 ) -> Result<Job, TransitionError> {
     let mut tries = 0;
     loop {
-        let cancelled: Option<Job> = sqlx::query_as(
+        let cancelled: Option<Job> = sqlx::query_as(concat!(
             "WITH cancelled AS (
                  UPDATE jobs
                  SET state = 'cancelled', finished_at = now(), updated_at = now()
                  WHERE state IN ('scheduled', 'queued', 'retrying') AND tenant = $1 AND id = $2
                  RETURNING *
-             ), unsent AS (
-                 DELETE FROM outbox WHERE job_id = ANY(ARRAY(SELECT id FROM cancelled))
-             )
-             SELECT * FROM cancelled",
-        )
+             ), unsent AS (",
+            out_of_outbox!("cancelled"),
+            ")
+             SELECT * FROM cancelled"
+        ))
         .bind(tenant)
         .bind(id)
         .fetch_optional(&mut *tx)
@@ -95,21 +98,18 @@ pub async fn cancel(
 pub async fn retry(tx: &mut PgConnection, tenant: &str, id: JobId) -> Result<Job, TransitionError> {
     let mut tries = 0;
     loop {
-        let retried: Option<Job> = sqlx::query_as(
+        let retried: Option<Job> = sqlx::query_as(concat!(
             "WITH retried AS (
                  UPDATE jobs
                  SET state = 'queued', attempts_base = attempts, run_at = now(),
                      finished_at = NULL, result = NULL, updated_at = now()
                  WHERE state IN ('dead', 'cancelled') AND tenant = $1 AND id = $2
                  RETURNING *
-             ), due AS (
-                 -- DO UPDATE, not DO NOTHING: see the `outbox` module.
-                 INSERT INTO outbox (job_id, queue, kind, priority, run_at, traceparent)
-                 SELECT id, queue, kind, priority, run_at, traceparent FROM retried
-                 ON CONFLICT (job_id) DO UPDATE SET run_at = EXCLUDED.run_at
-             )
-             SELECT * FROM retried",
-        )
+             ), due AS (",
+            into_outbox!("retried"),
+            ")
+             SELECT * FROM retried"
+        ))
         .bind(tenant)
         .bind(id)
         .fetch_optional(&mut *tx)

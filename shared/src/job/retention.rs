@@ -13,6 +13,7 @@ use sqlx::{PgConnection, PgPool};
 
 use crate::{
     audit::{self, Action, Actor},
+    outbox::{into_outbox, out_of_outbox},
     relay::OUTBOX_CHANNEL,
 };
 
@@ -28,7 +29,7 @@ pub struct DeadFilter {
 /// transaction: they go into the outbox in the same statement, and the relay is woken when it
 /// commits. Returns how many.
 pub async fn retry_dead(tx: &mut PgConnection, filter: &DeadFilter) -> sqlx::Result<u64> {
-    let n: i64 = sqlx::query_scalar(
+    let n: i64 = sqlx::query_scalar(concat!(
         "WITH retried AS (
              UPDATE jobs SET state = 'queued', attempts_base = attempts, run_at = now(),
                     finished_at = NULL, result = NULL, updated_at = now()
@@ -37,14 +38,11 @@ pub async fn retry_dead(tx: &mut PgConnection, filter: &DeadFilter) -> sqlx::Res
                AND ($2::text IS NULL OR queue = $2)
                AND ($3::text IS NULL OR kind = $3)
              RETURNING id, queue, kind, priority, run_at, traceparent
-         ), due AS (
-             -- DO UPDATE, not DO NOTHING: see the `outbox` module.
-             INSERT INTO outbox (job_id, queue, kind, priority, run_at, traceparent)
-             SELECT id, queue, kind, priority, run_at, traceparent FROM retried
-             ON CONFLICT (job_id) DO UPDATE SET run_at = EXCLUDED.run_at
-         )
-         SELECT count(*) FROM retried",
-    )
+         ), due AS (",
+        into_outbox!("retried"),
+        ")
+         SELECT count(*) FROM retried"
+    ))
     .bind(&filter.tenant)
     .bind(&filter.queue)
     .bind(&filter.kind)
@@ -76,7 +74,7 @@ pub async fn purge_finished(
     let mut total = 0;
     for number in 1.. {
         let mut tx = pool.begin().await?;
-        let n: i64 = sqlx::query_scalar(
+        let n: i64 = sqlx::query_scalar(concat!(
             "WITH purged AS (
                  DELETE FROM jobs WHERE id IN (
                      SELECT id FROM jobs
@@ -85,11 +83,11 @@ pub async fn purge_finished(
                      LIMIT $3
                      FOR UPDATE SKIP LOCKED)
                  RETURNING id
-             ), unsent AS (
-                 DELETE FROM outbox WHERE job_id = ANY(ARRAY(SELECT id FROM purged))
-             )
-             SELECT count(*) FROM purged",
-        )
+             ), unsent AS (",
+            out_of_outbox!("purged"),
+            ")
+             SELECT count(*) FROM purged"
+        ))
         .bind(cutoff)
         .bind(include_dead)
         .bind(batch)
