@@ -499,3 +499,87 @@ async fn concurrent_transfers_never_overdraw_and_conserve_money() {
     p.stop.cancel();
     app.stop().await;
 }
+
+/// A worker running many payment jobs at once (the default concurrency is 128) shares its
+/// `CONVEYOR_DB_MAX_CONNECTIONS` handler connections instead of opening one per running job,
+/// which would exhaust Postgres's connection limit; the jobs queue for a connection and all
+/// succeed, each charged and booked once.
+#[tokio::test]
+async fn payment_jobs_share_the_handler_connections() {
+    let p = provider(FaultConfig::default()).await;
+    let url = format!("http://{}", p.addr);
+    let app = TestApp::spawn_with(Options {
+        configure_worker: Some(Arc::new(move |c| {
+            c.payment_url = url.clone();
+            c.concurrency = 128;
+            c.prefetch = 256;
+            c.database.max_connections = 3;
+        })),
+        ..Default::default()
+    })
+    .await;
+    let wallet = account(&app, "wallet", "EUR").await;
+    // Watch the handler pool's sessions while the jobs run.
+    let watching = tokio_util::sync::CancellationToken::new();
+    let watcher = tokio::spawn({
+        let (pool, stop) = (app.pool.clone(), watching.clone());
+        async move {
+            let mut peak = 0i64;
+            while !stop.is_cancelled() {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_stat_activity
+                     WHERE datname = current_database()
+                       AND application_name = 'conveyor-worker-handlers'",
+                )
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+                peak = peak.max(n);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            peak
+        }
+    });
+    // Every charge books onto the same account, so their transactions also queue on its row.
+    let jobs: Vec<Value> = (0..200)
+        .map(|_| {
+            json!({"kind": "payment.charge",
+                   "payload": {"account_id": wallet, "amount_minor": 5, "currency": "EUR"}})
+        })
+        .collect();
+    let r = app
+        .post_as(&app.token, "/v1/jobs/batch", json!({"jobs": jobs}))
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let all_done = support::eventually(Duration::from_secs(60), || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM jobs WHERE kind = 'payment.charge' AND state = 'succeeded'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+        (n == 200).then_some(())
+    })
+    .await;
+    watching.cancel();
+    let peak = watcher.await.unwrap();
+    let states: Vec<(String, i64)> =
+        sqlx::query_as("SELECT state::text, count(*) FROM jobs GROUP BY 1 ORDER BY 1")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert!(all_done.is_some(), "not every charge succeeded: {states:?}");
+    assert!(
+        peak >= 1,
+        "the watcher never saw a handler connection: is the pool named?"
+    );
+    assert!(
+        peak <= 3,
+        "{peak} handler connections at once, over CONVEYOR_DB_MAX_CONNECTIONS (3)"
+    );
+    assert_eq!(provider_charges(&p).await.len(), 200);
+    assert_eq!(balance(&app, &wallet).await, 1000);
+    assert_ledger_consistent(&app).await;
+    p.stop.cancel();
+    app.stop().await;
+}

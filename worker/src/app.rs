@@ -16,20 +16,33 @@ use crate::{
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     conveyor_shared::telemetry::metrics();
     // Three pools, so that no kind of work can starve another: claims, completions and the
-    // reaper; handlers (each running job may hold a connection, and may wait on row locks, but
-    // never for more than `lock_timeout`); and lease renewals, which must never expire because
-    // everything else is busy.
-    let pool = db::connect_pool(&config.database, 4, &[]).await?;
-    let handler_pool = db::connect_pool(
+    // reaper; handlers (a handler holds a connection only for a short transaction, waiting on
+    // a row lock for at most `lock_timeout`, never across a call to an external service, so
+    // running jobs share `CONVEYOR_DB_MAX_CONNECTIONS` rather than each needing one: Postgres
+    // allows 100 connections by default, for every service together);
+    // and lease renewals, which must never expire because everything else is busy. Each is
+    // named, so that `pg_stat_activity` shows operators which one holds a connection.
+    let pool = db::connect_pool(
         &config.database,
-        config
-            .database
-            .max_connections
-            .max(config.concurrency as u32 + 2),
-        &[("lock_timeout", "5s")],
+        4,
+        &[("application_name", "conveyor-worker")],
     )
     .await?;
-    let lease_pool = db::connect_pool(&config.database, 2, &[]).await?;
+    let handler_pool = db::connect_pool(
+        &config.database,
+        config.database.max_connections,
+        &[
+            ("lock_timeout", "5s"),
+            ("application_name", "conveyor-worker-handlers"),
+        ],
+    )
+    .await?;
+    let lease_pool = db::connect_pool(
+        &config.database,
+        2,
+        &[("application_name", "conveyor-worker-leases")],
+    )
+    .await?;
     let health = Health::new(pool.clone());
     let listener = tokio::net::TcpListener::bind(config.addr).await?;
     tracing::info!(addr = %listener.local_addr()?, worker_id = %config.worker_id, "worker probe server listening");

@@ -67,8 +67,8 @@ impl Config {
             queues: ["default", "transactions", "integrations"]
                 .map(String::from)
                 .to_vec(),
-            concurrency: 32,
-            prefetch: 64,
+            concurrency: 128,
+            prefetch: 256,
             worker_id: default_worker_id(),
             retry: RetryPolicy {
                 base: Duration::from_secs(1),

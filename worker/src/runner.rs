@@ -1,10 +1,14 @@
 //! Runs one claimed job and turns whatever happened into a [`Completion`].
 //!
-//! The handler runs in its own task so that a panic is caught as a failed attempt (the worker
-//! stays up), and under the job's `timeout_secs` so that a stuck handler becomes `timed_out`.
+//! The handler's panic is caught as a failed attempt (the worker stays up), and it runs under
+//! the job's `timeout_secs` so that a stuck handler becomes `timed_out`.
 //! Whether a failure retries or goes to `dead` is decided here, not in handlers.
 
-use std::time::{Duration, Instant};
+use std::{
+    any::Any,
+    panic::AssertUnwindSafe,
+    time::{Duration, Instant},
+};
 
 use chrono::Utc;
 use conveyor_shared::{
@@ -12,6 +16,7 @@ use conveyor_shared::{
     job::lifecycle::{Completion, Outcome},
     trace::TraceParent,
 };
+use futures_util::FutureExt;
 use tracing::Instrument;
 
 use crate::{
@@ -85,27 +90,24 @@ async fn execute(registry: &Registry, job: &Job, traceparent: Option<TraceParent
         traceparent,
     };
     let limit = Duration::from_secs(job.timeout_secs.max(1) as u64);
-    let mut task = tokio::spawn(handler.run(ctx).in_current_span());
-    match tokio::time::timeout(limit, &mut task).await {
+    // Polled in this job's own task (no task of its own: a spawn per job costs a scheduler hop
+    // before a short job can finish); a panic unwinds only as far as `catch_unwind`, and a
+    // timeout drops the handler's future, which cancels it.
+    let run = AssertUnwindSafe(handler.run(ctx)).catch_unwind();
+    match tokio::time::timeout(limit, run).await {
         Ok(Ok(Ok(value))) => Ended::Ok(value),
         Ok(Ok(Err(e))) => Ended::Failed(e),
-        Ok(Err(join)) => Ended::Panicked(panic_message(join)),
-        Err(_) => {
-            task.abort();
-            Ended::TimedOut(limit)
-        }
+        Ok(Err(panic)) => Ended::Panicked(panic_message(panic)),
+        Err(_) => Ended::TimedOut(limit),
     }
 }
 
-fn panic_message(join: tokio::task::JoinError) -> String {
-    match join.try_into_panic() {
-        Ok(panic) => panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "non-string panic payload".into()),
-        Err(_) => "handler task was cancelled".into(),
-    }
+fn panic_message(panic: Box<dyn Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".into())
 }
 
 fn classify(job: &Job, ended: Ended, retry: &RetryPolicy) -> Completion {
