@@ -224,6 +224,16 @@ async fn dead_jobs_are_retried_in_bulk_and_old_finished_jobs_purged() {
         let r = app.get_as(&app.token, &format!("/v1/jobs/{id}")).await;
         assert_eq!(r.status().as_u16(), status, "job {id}");
     }
+    // Their attempts go with them; the kept jobs keep theirs.
+    let attempts: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT job_id::text, count(*) FROM job_attempts WHERE job_id::text = ANY($1)
+         GROUP BY 1 ORDER BY 1",
+    )
+    .bind(vec![dead[0].clone(), dead[1].clone(), dead[2].clone()])
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(attempts, vec![(dead[2].clone(), 2)], "attempts left behind");
     let out = conveyor_api(
         &app,
         &["jobs", "purge", "--older-than-days", "30", "--include-dead"],

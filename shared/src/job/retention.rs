@@ -2,8 +2,9 @@
 //! finished jobs older than a cutoff so the jobs table does not grow forever.
 //!
 //! Deletion runs in bounded batches (`FOR UPDATE SKIP LOCKED`), so it never holds many locks at
-//! once and several processes may run it together. Attempts go with their job (`ON DELETE
-//! CASCADE`); ledger entries and provider records do not reference jobs and are kept.
+//! once and several processes may run it together. Attempts go with their job, in the same
+//! statement (there is no foreign key to do it: see migration 0010); ledger entries and provider
+//! records do not reference jobs and are kept.
 //!
 //! An operator's purge is audited per batch: each batch's transaction holds its own audit
 //! entry, so whatever was deleted is recorded even if a later batch fails.
@@ -83,6 +84,8 @@ pub async fn purge_finished(
                      LIMIT $3
                      FOR UPDATE SKIP LOCKED)
                  RETURNING id
+             ), attempts AS (
+                 DELETE FROM job_attempts USING purged WHERE job_attempts.job_id = purged.id
              ), unsent AS (",
             out_of_outbox!("purged"),
             ")
