@@ -16,12 +16,12 @@ use crate::{
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     conveyor_shared::telemetry::metrics();
     // Three pools, so that no kind of work can starve another: claims, completions and the
-    // reaper; handlers (a handler holds a connection only for a short transaction, waiting on
-    // a row lock for at most `lock_timeout`, never across a call to an external service, so
-    // running jobs share `CONVEYOR_DB_MAX_CONNECTIONS` rather than each needing one: Postgres
-    // allows 100 connections by default, for every service together);
-    // and lease renewals, which must never expire because everything else is busy. Each is
-    // named, so that `pg_stat_activity` shows operators which one holds a connection.
+    // reaper; handlers; and lease renewals, which must never expire because everything else is
+    // busy. Running jobs share the handler pool's `CONVEYOR_DB_MAX_CONNECTIONS` rather than each
+    // having one (Postgres allows 100 connections by default, for every service together): a
+    // handler holds a connection only for a short transaction, waiting on a row lock for at
+    // most `lock_timeout`, never across a call to an external service. Each pool is named, so
+    // that `pg_stat_activity` shows operators which one holds a connection.
     let pool = db::connect_pool(
         &config.database,
         4,
