@@ -14,6 +14,16 @@ use support::{Options, TestApp, noop};
 
 const REQUESTS: usize = 200;
 
+/// An api alone: no worker runs the jobs, so their rows keep the `xmin` of the transaction
+/// that wrote them.
+async fn spawn() -> TestApp {
+    TestApp::spawn_with(Options {
+        worker: false,
+        ..Default::default()
+    })
+    .await
+}
+
 async fn burst(app: &TestApp, payloads: Vec<Value>) -> Vec<(StatusCode, Value)> {
     join_all(payloads.into_iter().map(|payload| async move {
         let r = app.post_job(noop(payload)).await;
@@ -36,11 +46,7 @@ async fn transactions_of(app: &TestApp, ids: &[String]) -> usize {
 
 #[tokio::test]
 async fn coinciding_single_enqueues_share_a_commit() {
-    let app = TestApp::spawn_with(Options {
-        worker: false,
-        ..Default::default()
-    })
-    .await;
+    let app = spawn().await;
     let answers = burst(
         &app,
         (0..REQUESTS).map(|i| json!({ "sleep_ms": i })).collect(),
@@ -64,11 +70,7 @@ async fn coinciding_single_enqueues_share_a_commit() {
 
 #[tokio::test]
 async fn a_failing_group_gives_each_request_its_own_outcome() {
-    let app = TestApp::spawn_with(Options {
-        worker: false,
-        ..Default::default()
-    })
-    .await;
+    let app = spawn().await;
     // One poisoned job (sleep_ms 4242) fails its INSERT, and with it any group it is in.
     sqlx::raw_sql(
         "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$

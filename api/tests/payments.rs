@@ -13,10 +13,19 @@ use serde_json::{Value, json};
 use support::{Options, Sandbox as Provider, TestApp, problem, sandbox as provider};
 
 async fn app_with(provider: &Provider) -> TestApp {
+    app_with_worker(provider, |_| {}).await
+}
+
+/// An app whose worker calls `provider`, with its configuration adjusted by `configure`.
+async fn app_with_worker(
+    provider: &Provider,
+    configure: impl Fn(&mut conveyor_worker::Config) + Send + Sync + 'static,
+) -> TestApp {
     let url = format!("http://{}", provider.addr);
     TestApp::spawn_with(Options {
         configure_worker: Some(Arc::new(move |c| {
             c.payment_url = url.clone();
+            configure(c);
         })),
         ..Default::default()
     })
@@ -507,62 +516,52 @@ async fn concurrent_transfers_never_overdraw_and_conserve_money() {
 #[tokio::test]
 async fn payment_jobs_share_the_handler_connections() {
     let p = provider(FaultConfig::default()).await;
-    let url = format!("http://{}", p.addr);
-    let app = TestApp::spawn_with(Options {
-        configure_worker: Some(Arc::new(move |c| {
-            c.payment_url = url.clone();
-            c.concurrency = 128;
-            c.prefetch = 256;
-            c.database.max_connections = 3;
-        })),
-        ..Default::default()
+    let app = app_with_worker(&p, |c| {
+        c.concurrency = 128;
+        c.prefetch = 256;
+        c.database.max_connections = 3;
     })
     .await;
     let wallet = account(&app, "wallet", "EUR").await;
-    // Watch the handler pool's sessions while the jobs run.
-    let watching = tokio_util::sync::CancellationToken::new();
-    let watcher = tokio::spawn({
-        let (pool, stop) = (app.pool.clone(), watching.clone());
-        async move {
-            let mut peak = 0i64;
-            while !stop.is_cancelled() {
-                let n: i64 = sqlx::query_scalar(
-                    "SELECT count(*) FROM pg_stat_activity
-                     WHERE datname = current_database()
-                       AND application_name = 'conveyor-worker-handlers'",
-                )
-                .fetch_one(&pool)
-                .await
-                .unwrap();
-                peak = peak.max(n);
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            peak
+    // Watch the handler pool's sessions while the jobs are sent and run (the watch ends when
+    // they are done).
+    let mut peak = 0;
+    let watch = async {
+        loop {
+            peak = peak.max(
+                app.count_sessions("application_name = 'conveyor-worker-handlers'")
+                    .await,
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
-    });
-    // Every charge books onto the same account, so their transactions also queue on its row.
-    let jobs: Vec<Value> = (0..200)
-        .map(|_| {
-            json!({"kind": "payment.charge",
-                   "payload": {"account_id": wallet, "amount_minor": 5, "currency": "EUR"}})
+    };
+    let run = async {
+        // Every charge books onto the same account, so their transactions also queue on its row.
+        let jobs: Vec<Value> = (0..200)
+            .map(|_| {
+                json!({"kind": "payment.charge",
+                       "payload": {"account_id": wallet, "amount_minor": 5, "currency": "EUR"}})
+            })
+            .collect();
+        let r = app
+            .post_as(&app.token, "/v1/jobs/batch", json!({"jobs": jobs}))
+            .await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        support::eventually(Duration::from_secs(60), || async {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM jobs WHERE kind = 'payment.charge' AND state = 'succeeded'",
+            )
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+            (n == 200).then_some(())
         })
-        .collect();
-    let r = app
-        .post_as(&app.token, "/v1/jobs/batch", json!({"jobs": jobs}))
-        .await;
-    assert_eq!(r.status(), StatusCode::CREATED);
-    let all_done = support::eventually(Duration::from_secs(60), || async {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM jobs WHERE kind = 'payment.charge' AND state = 'succeeded'",
-        )
-        .fetch_one(&app.pool)
         .await
-        .unwrap();
-        (n == 200).then_some(())
-    })
-    .await;
-    watching.cancel();
-    let peak = watcher.await.unwrap();
+    };
+    let all_done = tokio::select! {
+        done = run => done,
+        _ = watch => unreachable!("the watch never ends"),
+    };
     let states: Vec<(String, i64)> =
         sqlx::query_as("SELECT state::text, count(*) FROM jobs GROUP BY 1 ORDER BY 1")
             .fetch_all(&app.pool)

@@ -64,16 +64,21 @@ impl RelayWaker {
                 _ = shutdown.cancelled() => return,
                 _ = self.woken() => {}
             }
-            if let Err(e) = sqlx::query("SELECT pg_notify($1, '')")
-                .bind(OUTBOX_CHANNEL)
-                .execute(&pool)
-                .await
-            {
+            if let Err(e) = notify_relays(&pool).await {
                 // The relays will still find the jobs by polling.
                 tracing::warn!(error = %e, "cannot notify the relays");
             }
         }
     }
+}
+
+/// Wakes every relay listening on [`OUTBOX_CHANNEL`], when the transaction this runs in commits.
+pub async fn notify_relays(db: impl sqlx::PgExecutor<'_>) -> sqlx::Result<()> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(OUTBOX_CHANNEL)
+        .execute(db)
+        .await?;
+    Ok(())
 }
 
 /// Relay tuning, from `CONVEYOR_RELAY_*`.

@@ -57,6 +57,15 @@ pub struct Config {
     pub breaker_cooldown: Duration,
 }
 
+/// Jobs a worker runs at once unless `CONVEYOR_WORKER_CONCURRENCY` says otherwise.
+const DEFAULT_CONCURRENCY: usize = 128;
+
+/// Deliveries held ahead for a worker running `concurrency` jobs at once: two windows, so the
+/// next claim's deliveries are already here while a window's outcomes are being recorded.
+fn default_prefetch(concurrency: usize) -> u16 {
+    (concurrency * 2).min(u16::MAX as usize) as u16
+}
+
 impl Config {
     /// The documented defaults, with no environment read: the base for `from_env` and tests.
     pub fn defaults(database: DatabaseConfig, broker: BrokerConfig) -> Self {
@@ -67,8 +76,8 @@ impl Config {
             queues: ["default", "transactions", "integrations"]
                 .map(String::from)
                 .to_vec(),
-            concurrency: 128,
-            prefetch: 256,
+            concurrency: DEFAULT_CONCURRENCY,
+            prefetch: default_prefetch(DEFAULT_CONCURRENCY),
             worker_id: default_worker_id(),
             retry: RetryPolicy {
                 base: Duration::from_secs(1),
@@ -95,12 +104,11 @@ impl Config {
         let d = Self::defaults(DatabaseConfig::from_env()?, BrokerConfig::from_env()?);
         let concurrency: usize =
             config::parse_or("CONVEYOR_WORKER_CONCURRENCY", d.concurrency)?.max(1);
-        let prefetch_default = (concurrency * 2).min(u16::MAX as usize) as u16;
         Ok(Self {
             addr: config::parse_or("CONVEYOR_WORKER_ADDR", d.addr)?,
             queues: config::queues_from_env()?,
             concurrency,
-            prefetch: config::parse_or("CONVEYOR_WORKER_PREFETCH", prefetch_default)?,
+            prefetch: config::parse_or("CONVEYOR_WORKER_PREFETCH", default_prefetch(concurrency))?,
             worker_id: config::var_or("CONVEYOR_WORKER_ID", &d.worker_id),
             retry: RetryPolicy {
                 base: config::millis_or("CONVEYOR_RETRY_BASE_MS", d.retry.base.as_millis() as u64)?,

@@ -300,18 +300,23 @@ impl TestApp {
     /// Waits (up to 10 s) until a session of this test's database matches the SQL `condition`
     /// on `pg_stat_activity` (a LISTEN in place, a statement waiting on a lock); whether one did.
     pub async fn wait_for_session(&self, condition: &str) -> bool {
-        let sql = format!(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND {condition}"
-        );
         eventually(Duration::from_secs(10), || async {
-            let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone()))
-                .fetch_one(&self.pool)
-                .await
-                .unwrap();
-            (n > 0).then_some(())
+            (self.count_sessions(condition).await > 0).then_some(())
         })
         .await
         .is_some()
+    }
+
+    /// How many sessions of this test's database match the SQL `condition` on
+    /// `pg_stat_activity` (e.g. `application_name = '...'`) right now.
+    pub async fn count_sessions(&self, condition: &str) -> i64 {
+        let sql = format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND {condition}"
+        );
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
     }
 
     /// A new key for `tenant` with `scopes`; returns its token.

@@ -15,8 +15,19 @@ use sqlx::PgConnection;
 use super::{Job, JobId, JobState};
 use crate::{
     outbox::{into_outbox, out_of_outbox},
-    relay::OUTBOX_CHANNEL,
+    relay::notify_relays,
 };
+
+/// The `SET` list of a retry: due at once, with a fresh attempt budget (attempts keep counting,
+/// only those after `attempts_base` count against `max_attempts`), and the last run's result
+/// cleared. One text for the single retry here and the bulk one in `retention`.
+macro_rules! retry_set {
+    () => {
+        "SET state = 'queued', attempts_base = attempts, run_at = now(),
+             finished_at = NULL, result = NULL, updated_at = now()"
+    };
+}
+pub(crate) use retry_set;
 
 /// The states a job can be cancelled from: waiting, with no attempt running.
 pub const CANCELLABLE: [JobState; 3] = [JobState::Scheduled, JobState::Queued, JobState::Retrying];
@@ -100,9 +111,9 @@ pub async fn retry(tx: &mut PgConnection, tenant: &str, id: JobId) -> Result<Job
     loop {
         let retried: Option<Job> = sqlx::query_as(concat!(
             "WITH retried AS (
-                 UPDATE jobs
-                 SET state = 'queued', attempts_base = attempts, run_at = now(),
-                     finished_at = NULL, result = NULL, updated_at = now()
+                 UPDATE jobs ",
+            retry_set!(),
+            "
                  WHERE state IN ('dead', 'cancelled') AND tenant = $1 AND id = $2
                  RETURNING *
              ), due AS (",
@@ -115,10 +126,7 @@ pub async fn retry(tx: &mut PgConnection, tenant: &str, id: JobId) -> Result<Job
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(job) = retried {
-            sqlx::query("SELECT pg_notify($1, '')")
-                .bind(OUTBOX_CHANNEL)
-                .execute(&mut *tx)
-                .await?;
+            notify_relays(&mut *tx).await?;
             tracing::info!(queue = %job.queue, attempts = job.attempts, "job retried");
             metrics::counter!("conveyor_jobs_retried_total", "queue" => job.queue.clone())
                 .increment(1);

@@ -14,8 +14,9 @@ use sqlx::{PgConnection, PgPool};
 
 use crate::{
     audit::{self, Action, Actor},
+    job::control::retry_set,
     outbox::{into_outbox, out_of_outbox},
-    relay::OUTBOX_CHANNEL,
+    relay::notify_relays,
 };
 
 /// Which dead jobs to retry; `None` matches everything.
@@ -32,8 +33,9 @@ pub struct DeadFilter {
 pub async fn retry_dead(tx: &mut PgConnection, filter: &DeadFilter) -> sqlx::Result<u64> {
     let n: i64 = sqlx::query_scalar(concat!(
         "WITH retried AS (
-             UPDATE jobs SET state = 'queued', attempts_base = attempts, run_at = now(),
-                    finished_at = NULL, result = NULL, updated_at = now()
+             UPDATE jobs ",
+        retry_set!(),
+        "
              WHERE state = 'dead'
                AND ($1::text IS NULL OR tenant = $1)
                AND ($2::text IS NULL OR queue = $2)
@@ -51,10 +53,7 @@ pub async fn retry_dead(tx: &mut PgConnection, filter: &DeadFilter) -> sqlx::Res
     .await?;
     let n = n as u64;
     if n > 0 {
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(OUTBOX_CHANNEL)
-            .execute(&mut *tx)
-            .await?;
+        notify_relays(&mut *tx).await?;
     }
     Ok(n)
 }
