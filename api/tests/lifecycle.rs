@@ -21,22 +21,14 @@ async fn spawn_without_worker() -> TestApp {
     .await
 }
 
-/// `POST path` with `token` and no body, as `curl -X POST` sends it.
-async fn post_empty(app: &TestApp, token: &str, path: &str) -> Response {
-    app.client
-        .post(app.url(path))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-}
-
 async fn cancel_as(app: &TestApp, token: &str, id: &str) -> Response {
-    post_empty(app, token, &format!("/v1/jobs/{id}/cancel")).await
+    app.post_empty_as(token, &format!("/v1/jobs/{id}/cancel"))
+        .await
 }
 
 async fn retry_as(app: &TestApp, token: &str, id: &str) -> Response {
-    post_empty(app, token, &format!("/v1/jobs/{id}/retry")).await
+    app.post_empty_as(token, &format!("/v1/jobs/{id}/retry"))
+        .await
 }
 
 /// Cancels `id` and expects a 200 with the cancelled job.
@@ -407,7 +399,7 @@ async fn unknown_foreign_and_malformed_ids_are_404_and_scope_is_jobs_write() {
         ] {
             let path = format!("/v1/jobs/{target}/{action}");
             let body = problem(
-                post_empty(&app, token, &path).await,
+                app.post_empty_as(token, &path).await,
                 StatusCode::NOT_FOUND,
                 "not_found",
             )
@@ -417,7 +409,7 @@ async fn unknown_foreign_and_malformed_ids_are_404_and_scope_is_jobs_write() {
         }
         let path = format!("/v1/jobs/{id}/{action}");
         let body = problem(
-            post_empty(&app, &reader, &path).await,
+            app.post_empty_as(&reader, &path).await,
             StatusCode::FORBIDDEN,
             "forbidden",
         )

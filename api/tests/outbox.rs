@@ -116,12 +116,8 @@ async fn a_job_cancelled_before_it_is_published_never_reaches_rabbitmq() {
     );
 
     let r = app
-        .client
-        .post(app.url(&format!("/v1/jobs/{cancelled}/cancel")))
-        .bearer_auth(&app.token)
-        .send()
-        .await
-        .unwrap();
+        .post_empty_as(&app.token, &format!("/v1/jobs/{cancelled}/cancel"))
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(
         outbox_rows(&app, cancelled).await,

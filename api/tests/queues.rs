@@ -120,12 +120,8 @@ async fn counts_throughput_and_latency_after_jobs_succeed_and_die() {
 
     // A retried dead job leaves the dead count.
     let r = app
-        .client
-        .post(app.url(&format!("/v1/jobs/{dead}/retry")))
-        .bearer_auth(&app.token)
-        .send()
-        .await
-        .unwrap();
+        .post_empty_as(&app.token, &format!("/v1/jobs/{dead}/retry"))
+        .await;
     assert_eq!(r.status(), StatusCode::OK);
     app.wait_for_state(&dead, "dead", Duration::from_secs(10))
         .await;

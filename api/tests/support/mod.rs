@@ -246,6 +246,16 @@ impl TestApp {
             .unwrap()
     }
 
+    /// `POST path` with `token` and no body, as `curl -X POST` sends it (cancel, retry).
+    pub async fn post_empty_as(&self, token: &str, path: &str) -> Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn get_as(&self, token: &str, path: &str) -> Response {
         self.client
             .get(self.url(path))
