@@ -187,7 +187,7 @@ async fn enqueue_until(
 }
 
 async fn count_running(app: &TestApp, worker: &str) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'running' AND worker = $1")
+    sqlx::query_scalar("SELECT count(*) FROM job_leases WHERE worker = $1")
         .bind(worker)
         .fetch_one(&app.pool)
         .await

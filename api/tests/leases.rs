@@ -1,5 +1,8 @@
 //! A worker that dies mid-job stops renewing its lease; a reaper takes the job back, records the
 //! attempt as `lost`, and the job runs again elsewhere. The dead worker's late answer is ignored.
+//!
+//! A running attempt is a `job_leases` row laid over a job row stored `queued`: readers (get,
+//! list, queue figures, cancel) must all see it as `running`.
 
 mod support;
 
@@ -9,8 +12,9 @@ use conveyor_shared::{
     JobId, JobState,
     job::lifecycle::{self, Completion, Outcome},
 };
-use serde_json::json;
-use support::TestApp;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::{Options, TestApp, problem};
 
 /// Enqueues a job and claims it as `ghost`, a worker that will never renew or finish it.
 async fn claimed_by_ghost(app: &TestApp, body: serde_json::Value) -> JobId {
@@ -102,5 +106,172 @@ async fn a_live_worker_keeps_its_lease_past_the_lease_length() {
         done["attempts"], 1,
         "the job was reaped from a live worker: {done:#}"
     );
+    app.stop().await;
+}
+
+/// The ids of `GET /v1/jobs?{query}`.
+async fn listed(app: &TestApp, query: &str) -> Vec<String> {
+    let page = app.get_json(&format!("/v1/jobs?{query}")).await;
+    page["jobs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no jobs in {page:#}"))
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_leased_job_reads_as_running_everywhere_until_its_attempt_ends() {
+    let app = TestApp::spawn_with(Options {
+        worker: false,
+        ..Default::default()
+    })
+    .await;
+    let running: JobId = app.enqueue(json!({"kind": "noop"})).await.parse().unwrap();
+    let waiting = app.enqueue(json!({"kind": "noop"})).await;
+    let claimed = lifecycle::claim_batch(&app.pool, &[running], "w-1", 60.0)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(
+        (
+            claimed[0].state,
+            claimed[0].attempts,
+            claimed[0].worker.as_deref()
+        ),
+        (JobState::Running, 1, Some("w-1"))
+    );
+    // A second claim of a running job (a duplicate delivery) takes nothing.
+    assert!(
+        lifecycle::claim_batch(&app.pool, &[running], "w-2", 60.0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let job = app.get_json(&format!("/v1/jobs/{running}")).await;
+    assert_eq!(
+        (&job["state"], &job["attempts"]),
+        (&json!("running"), &json!(1)),
+        "{job:#}"
+    );
+    assert!(job["started_at"].is_string(), "{job:#}");
+    let log = job["attempts_log"].as_array().unwrap();
+    assert_eq!(log.len(), 1, "{job:#}");
+    assert_eq!(
+        (&log[0]["worker"], &log[0]["outcome"]),
+        (&json!("w-1"), &Value::Null)
+    );
+
+    assert_eq!(listed(&app, "state=running").await, [running.to_string()]);
+    assert_eq!(listed(&app, "state=queued").await, [waiting.as_str()]);
+    assert_eq!(
+        listed(&app, "").await,
+        [waiting.clone(), running.to_string()]
+    );
+    let q = app.get_json("/v1/queues/default").await;
+    assert_eq!(
+        (&q["counts"]["running"], &q["counts"]["queued"]),
+        (&json!(1), &json!(1)),
+        "{q:#}"
+    );
+    assert_eq!(q["backlog"], 1, "the running job is not waiting: {q:#}");
+
+    let refused = problem(
+        app.post_empty_as(&app.token, &format!("/v1/jobs/{running}/cancel"))
+            .await,
+        StatusCode::CONFLICT,
+        "job_not_cancellable",
+    )
+    .await;
+    assert!(
+        refused["detail"].as_str().unwrap().contains("running"),
+        "{refused:#}"
+    );
+
+    let done = Completion {
+        id: running,
+        attempt: 1,
+        next_state: JobState::Succeeded,
+        outcome: Outcome::Succeeded,
+        result: Some(json!({"ok": true})),
+        error: None,
+        retry_at: None,
+    };
+    // Only the worker holding the lease completes the attempt.
+    assert_eq!(
+        lifecycle::complete_batch(&app.pool, "w-2", std::slice::from_ref(&done))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        lifecycle::complete_batch(&app.pool, "w-1", &[done])
+            .await
+            .unwrap(),
+        1
+    );
+    let job = app.get_json(&format!("/v1/jobs/{running}")).await;
+    assert_eq!(
+        (&job["state"], &job["attempts"]),
+        (&json!("succeeded"), &json!(1)),
+        "{job:#}"
+    );
+    assert_eq!(job["started_at"], log[0]["started_at"], "{job:#}");
+    let log = job["attempts_log"].as_array().unwrap();
+    assert_eq!(log.len(), 1, "{job:#}");
+    assert_eq!(
+        (&log[0]["worker"], &log[0]["outcome"]),
+        (&json!("w-1"), &json!("succeeded"))
+    );
+    assert!(listed(&app, "state=running").await.is_empty());
+    let leases: i64 = sqlx::query_scalar("SELECT count(*) FROM job_leases")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(leases, 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_cancel_waits_for_a_claim_in_flight_and_then_refuses() {
+    let app = TestApp::spawn_with(Options {
+        worker: false,
+        ..Default::default()
+    })
+    .await;
+    let id: JobId = app.enqueue(json!({"kind": "noop"})).await.parse().unwrap();
+    // A claim that has written its lease but not committed yet.
+    let mut claim = app.pool.begin().await.unwrap();
+    let claimed = lifecycle::claim_batch(&mut *claim, &[id], "w-1", 60.0)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+
+    let cancel = tokio::spawn({
+        let client = app.client.clone();
+        let url = format!("http://{}/v1/jobs/{id}/cancel", app.addr);
+        let token = app.token.clone();
+        async move { client.post(url).bearer_auth(token).send().await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !cancel.is_finished(),
+        "the cancel did not wait for the claim"
+    );
+    claim.commit().await.unwrap();
+
+    let refused = problem(
+        cancel.await.unwrap(),
+        StatusCode::CONFLICT,
+        "job_not_cancellable",
+    )
+    .await;
+    assert!(
+        refused["detail"].as_str().unwrap().contains("running"),
+        "{refused:#}"
+    );
+    let job = app.get_json(&format!("/v1/jobs/{id}")).await;
+    assert_eq!(job["state"], "running", "{job:#}");
     app.stop().await;
 }

@@ -114,8 +114,8 @@ pub async fn remove_published(tx: &mut PgConnection, ids: &[JobId]) -> sqlx::Res
     Ok(())
 }
 
-/// Puts back in the outbox the jobs of `queue` that are still `queued`, out of the outbox, and
-/// unchanged for more than `after`: their message was lost by RabbitMQ. Call it only when the
+/// Puts back in the outbox the jobs of `queue` that are still `queued`, out of the outbox, not
+/// running (leased), and unchanged for more than `after`: their message was lost by RabbitMQ. Call it only when the
 /// queue's RabbitMQ queue has no ready messages, so that jobs merely waiting behind a backlog are
 /// not sent twice (and a long outage of the workers cannot multiply the backlog).
 ///
@@ -137,6 +137,7 @@ pub async fn republish_stale(
              WHERE state = 'queued' AND queue = $1
                AND updated_at < now() - make_interval(secs => $2)
                AND NOT EXISTS (SELECT 1 FROM outbox WHERE outbox.job_id = jobs.id)
+               AND NOT EXISTS (SELECT 1 FROM job_leases WHERE job_leases.job_id = jobs.id)
              RETURNING id, queue, kind, priority, run_at, traceparent
          ) ",
         into_outbox!("stale")

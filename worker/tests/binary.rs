@@ -328,12 +328,11 @@ async fn a_sigkilled_workers_job_is_recovered_by_another_worker() {
                 fx.enqueue(serde_json::json!({"kind": "noop", "payload": {"sleep_ms": 3000}}))
                     .await,
             );
-            let on_doomed: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM jobs WHERE worker = 'doomed' AND state = 'running'",
-            )
-            .fetch_one(&fx.pool)
-            .await
-            .unwrap();
+            let on_doomed: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM job_leases WHERE worker = 'doomed'")
+                    .fetch_one(&fx.pool)
+                    .await
+                    .unwrap();
             on_doomed > 0
         },
     )

@@ -12,7 +12,7 @@
 
 use sqlx::PgConnection;
 
-use super::{Job, JobId, JobState};
+use super::{Job, JobId, JobState, from_jobs};
 use crate::{
     outbox::{into_outbox, out_of_outbox},
     relay::notify_relays,
@@ -62,6 +62,11 @@ pub enum TransitionError {
 /// relay is publishing it right now, the delete waits for the relay's transaction; the job row,
 /// already changed by then, keeps any worker from claiming the job before the cancel commits,
 /// and once it has, the claim finds the job `cancelled` and skips the message.
+///
+/// A running job is a stored `queued` one with a lease, so the UPDATE also asks for no lease.
+/// A claim in flight holds the job row `FOR SHARE` until its lease commits, and its lease is
+/// invisible to a statement that started before that commit; so the row is locked first, in a
+/// statement of its own, which waits for any such claim: the UPDATE after it then sees the lease.
 #[tracing::instrument(name = "job.cancel", skip(tx), fields(job_id = %id))]
 pub async fn cancel(
     tx: &mut PgConnection,
@@ -70,11 +75,17 @@ pub async fn cancel(
 ) -> Result<Job, TransitionError> {
     let mut tries = 0;
     loop {
+        sqlx::query("SELECT FROM jobs WHERE tenant = $1 AND id = $2 FOR UPDATE")
+            .bind(tenant)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         let cancelled: Option<Job> = sqlx::query_as(concat!(
             "WITH cancelled AS (
                  UPDATE jobs
                  SET state = 'cancelled', finished_at = now(), updated_at = now()
                  WHERE state IN ('scheduled', 'queued', 'retrying') AND tenant = $1 AND id = $2
+                   AND NOT EXISTS (SELECT FROM job_leases WHERE job_leases.job_id = jobs.id)
                  RETURNING *
              ), unsent AS (",
             out_of_outbox!("cancelled"),
@@ -141,15 +152,19 @@ pub async fn retry(tx: &mut PgConnection, tenant: &str, id: JobId) -> Result<Job
     }
 }
 
-/// The job's state, if the tenant has such a job.
+/// The job's state as readers see it (`running` while leased), if the tenant has such a job.
 async fn current_state(
     tx: &mut PgConnection,
     tenant: &str,
     id: JobId,
 ) -> sqlx::Result<Option<JobState>> {
-    sqlx::query_scalar("SELECT state FROM jobs WHERE tenant = $1 AND id = $2")
-        .bind(tenant)
-        .bind(id)
-        .fetch_optional(tx)
-        .await
+    sqlx::query_scalar(concat!(
+        "SELECT CASE WHEN l.job_id IS NULL THEN j.state ELSE 'running' END ",
+        from_jobs!(),
+        " WHERE j.tenant = $1 AND j.id = $2"
+    ))
+    .bind(tenant)
+    .bind(id)
+    .fetch_optional(tx)
+    .await
 }

@@ -6,6 +6,9 @@
 //! recorded as `lost`, and the job goes to `retrying` (due at once) or, out of attempts, `dead`.
 //! A late completion from the lost attempt is ignored: completions only apply to the attempt
 //! that is still running.
+//!
+//! Leases are rows of `job_leases`, one per running attempt. Both queries here scan that table
+//! (it has no index but its key): its live rows are the running jobs, a few hundred.
 
 use sqlx::PgPool;
 
@@ -14,8 +17,8 @@ use super::{JobId, JobState};
 /// Extends the leases of the jobs `worker` is running; returns how many.
 pub async fn renew(pool: &PgPool, worker: &str, lease_secs: f64) -> sqlx::Result<u64> {
     Ok(sqlx::query(
-        "UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $2)
-         WHERE worker = $1 AND state = 'running'",
+        "UPDATE job_leases SET lease_expires_at = now() + make_interval(secs => $2)
+         WHERE worker = $1",
     )
     .bind(worker)
     .bind(lease_secs)
@@ -38,33 +41,38 @@ pub struct Reaped {
 }
 
 /// Takes back up to `limit` running jobs whose lease expired. Safe to run in every worker at
-/// once: rows are locked with `SKIP LOCKED` and the update re-checks the state.
+/// once: leases are locked with `SKIP LOCKED`, and a lease deleted meanwhile (its attempt
+/// completed) is not taken back.
 pub async fn reap_expired(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<Reaped>> {
     sqlx::query_as(
         "WITH expired AS (
-             SELECT id, worker FROM jobs
-             WHERE state = 'running' AND lease_expires_at < now()
-             ORDER BY lease_expires_at
-             LIMIT $1
-             FOR UPDATE SKIP LOCKED
+             DELETE FROM job_leases WHERE job_id IN (
+                 SELECT job_id FROM job_leases
+                 WHERE lease_expires_at < now()
+                 ORDER BY lease_expires_at
+                 LIMIT $1
+                 FOR UPDATE SKIP LOCKED)
+             RETURNING *
          ), lost AS (
              UPDATE jobs j
-             SET state = CASE WHEN j.attempts - j.attempts_base >= j.max_attempts
+             SET state = CASE WHEN e.attempt - j.attempts_base >= j.max_attempts
                               THEN 'dead'::job_state ELSE 'retrying'::job_state END,
-                 finished_at = CASE WHEN j.attempts - j.attempts_base >= j.max_attempts
+                 finished_at = CASE WHEN e.attempt - j.attempts_base >= j.max_attempts
                                     THEN now() END,
-                 last_error = 'lease expired: worker ' || coalesce(j.worker, '?')
+                 attempts = e.attempt,
+                 started_at = e.started_at,
+                 last_error = 'lease expired: worker ' || e.worker
                               || ' stopped renewing it (crashed, hung or cut off)',
-                 run_at = now(), worker = NULL, lease_expires_at = NULL,
+                 run_at = now(),
                  updated_at = now()
-             FROM expired
-             WHERE j.id = expired.id AND j.state = 'running'
-             RETURNING j.id, j.queue, j.kind, j.attempts AS attempt, expired.worker, j.state,
-                       j.last_error, j.started_at
+             FROM expired e
+             WHERE j.id = e.job_id
+             RETURNING j.id, j.queue, j.kind, e.attempt, e.worker, j.state, j.last_error,
+                       e.started_at
          ), log AS (
              INSERT INTO job_attempts (job_id, attempt, worker, started_at, finished_at,
                                        outcome, error)
-             SELECT id, attempt, coalesce(worker, '?'), started_at, now(), 'lost', last_error
+             SELECT id, attempt, worker, started_at, now(), 'lost', last_error
              FROM lost
              ON CONFLICT (job_id, attempt) DO NOTHING
          )

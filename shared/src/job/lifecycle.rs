@@ -1,15 +1,16 @@
 //! Claiming and completing jobs: the worker's two writes, each batched across deliveries.
 //!
-//! A claim moves `queued → running` only for jobs still `queued`; a delivery for a job that is
-//! already running, finished or cancelled claims nothing and is acked and skipped. A completion
-//! applies only to the attempt that claimed it (`attempts = $attempt AND state = 'running'`),
-//! so a late or duplicate completion cannot overwrite a newer state. The attempts log gets its
-//! row when an attempt ends; the running attempt is read off the job row.
-
+//! A claim inserts a lease (`job_leases`) for each job still `queued` and not leased; a
+//! delivery for a job that is already running, finished or cancelled claims nothing and is
+//! acked and skipped. The job row is not written: it keeps its stored state `queued` until the
+//! attempt ends (readers see `running`, see [`super::job_columns!`]). A completion applies only
+//! to the attempt that holds the lease (`job_leases.attempt = $attempt`), so a late or
+//! duplicate completion cannot overwrite a newer state: it deletes the lease and writes the
+//! outcome to the job row and the attempts log in one statement.
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use super::{Job, JobId, JobState};
+use super::{Job, JobId, JobState, job_columns};
 
 /// How an attempt ended, as recorded in the attempts log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,36 +48,43 @@ pub struct Completion {
     pub retry_at: Option<DateTime<Utc>>,
 }
 
-/// Claims the still-`queued` jobs among `ids` for `worker`. The lease runs for `lease_secs`;
-/// the worker renews it while the job runs (see [`super::lease`]).
+/// Claims the still-`queued`, unleased jobs among `ids` for `worker`. The lease runs for
+/// `lease_secs`; the worker renews it while the job runs (see [`super::lease`]).
 ///
-/// The attempt is not written to `job_attempts` here: the job row itself says which attempt
-/// is running, where and since when, and [`complete_batch`] (or the reaper) writes the attempt
-/// once, finished. One insert per attempt instead of an insert now and an update later: a
-/// fifth less written per job on the hot path.
+/// The claim writes a lease row and nothing else: the attempt's number, start and worker are
+/// in it, and [`complete_batch`] (or the reaper) moves them to the job row and the attempts log
+/// once the attempt ends. Each job row is locked `FOR SHARE` until the claim commits, so that
+/// a cancel (which locks the row before looking for a lease) either sees the lease or is seen
+/// by the claim, never neither.
 pub async fn claim_batch(
-    pool: &PgPool,
+    db: impl sqlx::PgExecutor<'_>,
     ids: &[JobId],
     worker: &str,
     lease_secs: f64,
 ) -> sqlx::Result<Vec<Job>> {
-    sqlx::query_as(
-        "UPDATE jobs
-         SET state = 'running', attempts = attempts + 1, started_at = now(),
-             updated_at = now(), worker = $2,
-             lease_expires_at = now() + make_interval(secs => $3)
-         WHERE id = ANY($1) AND state = 'queued'
-         RETURNING *",
-    )
+    sqlx::query_as(concat!(
+        "WITH l AS (
+             INSERT INTO job_leases (job_id, attempt, worker, started_at, lease_expires_at)
+             SELECT id, attempts + 1, $2, now(), now() + make_interval(secs => $3)
+             FROM jobs WHERE id = ANY($1) AND state = 'queued'
+             FOR SHARE
+             ON CONFLICT (job_id) DO NOTHING
+             RETURNING *
+         )
+         SELECT ",
+        job_columns!(),
+        " FROM l JOIN jobs j ON j.id = l.job_id"
+    ))
     .bind(ids)
     .bind(worker)
     .bind(lease_secs)
-    .fetch_all(pool)
+    .fetch_all(db)
     .await
 }
 
 /// Records a batch of attempt results of `worker`, each job's state and its finished attempt
-/// in one statement; returns how many jobs changed (stale ones are ignored).
+/// in one statement; returns how many jobs changed (attempts `worker` no longer holds the lease
+/// of are ignored).
 pub async fn complete_batch(
     pool: &PgPool,
     worker: &str,
@@ -107,23 +115,28 @@ pub async fn complete_batch(
              SELECT * FROM unnest($1::uuid[], $2::int4[], $3::text[], $4::text[], $5::jsonb[],
                                   $6::text[], $7::timestamptz[])
                  AS c(id, attempt, state, outcome, result, error, retry_at)
+         ), ended AS (
+             DELETE FROM job_leases l USING c
+             WHERE l.job_id = c.id AND l.attempt = c.attempt AND l.worker = $8
+             RETURNING l.job_id, l.attempt, l.worker, l.started_at, c.state, c.outcome, c.result,
+                       c.error, c.retry_at
          ), job AS (
              UPDATE jobs j
-             SET state = c.state::job_state,
+             SET state = e.state::job_state,
+                 attempts = e.attempt,
+                 started_at = e.started_at,
                  updated_at = now(),
-                 finished_at = CASE WHEN c.state IN ('succeeded', 'dead') THEN now() END,
-                 result = c.result,
-                 last_error = c.error,
-                 run_at = COALESCE(c.retry_at, j.run_at),
-                 worker = NULL,
-                 lease_expires_at = NULL
-             FROM c
-             WHERE j.id = c.id AND j.state = 'running' AND j.attempts = c.attempt
-             RETURNING j.id, c.attempt, j.started_at, c.outcome, c.error
+                 finished_at = CASE WHEN e.state IN ('succeeded', 'dead') THEN now() END,
+                 result = e.result,
+                 last_error = e.error,
+                 run_at = COALESCE(e.retry_at, j.run_at)
+             FROM ended e
+             WHERE j.id = e.job_id
+             RETURNING j.id, e.attempt, e.worker, e.started_at, e.outcome, e.error
          ), log AS (
              INSERT INTO job_attempts (job_id, attempt, worker, started_at, finished_at,
                                        outcome, error)
-             SELECT id, attempt, $8, started_at, now(), outcome, error FROM job
+             SELECT id, attempt, worker, started_at, now(), outcome, error FROM job
          )
          SELECT count(*) FROM job",
     )

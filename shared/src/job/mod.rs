@@ -4,6 +4,11 @@
 //! relays, workers and the API are decided by Postgres, not by code that reads then writes.
 //! Claims and completions live in [`lifecycle`]; cancel and retry by hand in [`control`];
 //! per-queue figures for operators in [`stats`].
+//!
+//! A running attempt is a row of `job_leases`, not a state stored on the job (see
+//! `migrations/20261125000011_job_leases.sql`): while it runs, the job row keeps its stored
+//! state `queued`. Every query that shows jobs to a reader selects [`job_columns!`] from
+//! [`from_jobs!`], which lays the lease over the row.
 
 pub mod control;
 pub mod lease;
@@ -18,6 +23,30 @@ use serde::{Deserialize, Serialize};
 use sqlx::{PgExecutor, PgPool};
 use utoipa::ToSchema;
 use uuid::Uuid;
+
+/// The columns of [`Job`] as readers see them: the stored row (`j`) with its running attempt,
+/// if any (`l`, a `job_leases` row), laid over it: state `running`, the attempt's number, start,
+/// worker and lease. A macro so that queries stay literals.
+macro_rules! job_columns {
+    () => {
+        "j.id, j.tenant, j.kind, j.queue,
+         CASE WHEN l.job_id IS NULL THEN j.state ELSE 'running'::job_state END AS state,
+         j.payload, j.priority, coalesce(l.attempt, j.attempts) AS attempts, j.attempts_base,
+         j.max_attempts, j.timeout_secs, j.run_at, j.created_at,
+         greatest(j.updated_at, l.started_at) AS updated_at,
+         coalesce(l.started_at, j.started_at) AS started_at, j.finished_at, j.result,
+         j.last_error, j.schedule_id, j.tick, j.traceparent, l.worker, l.lease_expires_at"
+    };
+}
+
+/// The `FROM` clause for [`job_columns!`]: every job, with its lease if it has one.
+macro_rules! from_jobs {
+    () => {
+        "FROM jobs j LEFT JOIN job_leases l ON l.job_id = j.id"
+    };
+}
+
+pub(crate) use {from_jobs, job_columns};
 
 /// A job's identifier: a UUIDv7, so ids sort by creation time and double as list cursors.
 #[derive(
@@ -155,9 +184,13 @@ pub struct Job {
     /// The W3C `traceparent` the job was enqueued with; carried to the worker.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// Who runs the job and until when its lease holds, while it runs (from `job_leases`;
+    /// statements that return the bare job row, such as a cancel, have neither).
     #[serde(skip)]
+    #[sqlx(default)]
     pub worker: Option<String>,
     #[serde(skip)]
+    #[sqlx(default)]
     pub lease_expires_at: Option<DateTime<Utc>>,
     /// Present on `GET /v1/jobs/{id}` only.
     #[sqlx(skip)]
@@ -209,11 +242,17 @@ impl Job {
 
     /// One job of a tenant, with its attempts log.
     pub async fn get(pool: &PgPool, tenant: &str, id: JobId) -> sqlx::Result<Option<Job>> {
-        let job: Option<Job> = sqlx::query_as("SELECT * FROM jobs WHERE tenant = $1 AND id = $2")
-            .bind(tenant)
-            .bind(id)
-            .fetch_optional(pool)
-            .await?;
+        let job: Option<Job> = sqlx::query_as(concat!(
+            "SELECT ",
+            job_columns!(),
+            " ",
+            from_jobs!(),
+            " WHERE j.tenant = $1 AND j.id = $2"
+        ))
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
         let Some(mut job) = job else { return Ok(None) };
         job.attempts_log = Some(Attempt::for_job(pool, id).await?);
         Ok(Some(job))
@@ -225,12 +264,17 @@ impl Job {
         tenant: &str,
         ids: &[JobId],
     ) -> sqlx::Result<Vec<Job>> {
-        let mut jobs: Vec<Job> =
-            sqlx::query_as("SELECT * FROM jobs WHERE tenant = $1 AND id = ANY($2)")
-                .bind(tenant)
-                .bind(ids)
-                .fetch_all(db)
-                .await?;
+        let mut jobs: Vec<Job> = sqlx::query_as(concat!(
+            "SELECT ",
+            job_columns!(),
+            " ",
+            from_jobs!(),
+            " WHERE j.tenant = $1 AND j.id = ANY($2)"
+        ))
+        .bind(tenant)
+        .bind(ids)
+        .fetch_all(db)
+        .await?;
         jobs.sort_by_key(|j| ids.iter().position(|id| *id == j.id));
         Ok(jobs)
     }
@@ -247,18 +291,27 @@ impl Job {
     }
 
     /// A page of a tenant's jobs, newest first. Keyset pagination on the time-ordered id.
+    ///
+    /// The state filter is on the stored state, which the indexes know (a running job is a
+    /// stored `queued` one with a lease), so that listing, say, the few `dead` jobs among
+    /// millions of `succeeded` ones stays an index range.
     pub async fn list(pool: &PgPool, tenant: &str, filter: &JobFilter) -> sqlx::Result<Vec<Job>> {
-        sqlx::query_as(
-            "SELECT * FROM jobs
-             WHERE tenant = $1
-               AND ($2::text IS NULL OR queue = $2)
-               AND ($3::job_state IS NULL OR state = $3)
-               AND ($4::text IS NULL OR kind = $4)
-               AND ($5::uuid IS NULL OR schedule_id = $5)
-               AND ($6::uuid IS NULL OR id < $6)
-             ORDER BY id DESC
-             LIMIT $7",
-        )
+        sqlx::query_as(concat!(
+            "SELECT ",
+            job_columns!(),
+            " ",
+            from_jobs!(),
+            " WHERE j.tenant = $1
+               AND ($2::text IS NULL OR j.queue = $2)
+               AND ($3::job_state IS NULL
+                    OR (j.state = CASE WHEN $3 = 'running' THEN 'queued'::job_state ELSE $3 END
+                        AND (l.job_id IS NOT NULL) = ($3 = 'running')))
+               AND ($4::text IS NULL OR j.kind = $4)
+               AND ($5::uuid IS NULL OR j.schedule_id = $5)
+               AND ($6::uuid IS NULL OR j.id < $6)
+             ORDER BY j.id DESC
+             LIMIT $7"
+        ))
         .bind(tenant)
         .bind(&filter.queue)
         .bind(filter.state)
@@ -273,13 +326,13 @@ impl Job {
 
 impl Attempt {
     pub async fn for_job(pool: &PgPool, id: JobId) -> sqlx::Result<Vec<Attempt>> {
-        // Finished attempts are rows of their own; the running one is read off the job.
+        // Finished attempts are rows of their own; the running one is its lease.
         sqlx::query_as(
             "SELECT attempt, worker, started_at, finished_at, outcome, error
              FROM job_attempts WHERE job_id = $1
              UNION ALL
-             SELECT attempts, coalesce(worker, '?'), started_at, NULL, NULL, NULL
-             FROM jobs WHERE id = $1 AND state = 'running' AND started_at IS NOT NULL
+             SELECT attempt, worker, started_at, NULL, NULL, NULL
+             FROM job_leases WHERE job_id = $1
              ORDER BY attempt",
         )
         .bind(id)

@@ -107,10 +107,14 @@ pub struct QueueStats {
 
 // The queries, public so that the benchmark (`api/tests/queues_bench.rs`) can EXPLAIN them.
 
-/// Jobs by queue and state. `$1` tenant, `$2` queues.
-pub const COUNTS_SQL: &str = "SELECT queue, state, count(*) AS n FROM jobs
-             WHERE tenant = $1 AND queue = ANY($2)
-             GROUP BY queue, state";
+/// Jobs by queue and state (a leased job counts as `running`, see `job_leases`). `$1` tenant,
+/// `$2` queues.
+pub const COUNTS_SQL: &str = "SELECT j.queue,
+                    CASE WHEN l.job_id IS NULL THEN j.state ELSE 'running' END AS state,
+                    count(*) AS n
+             FROM jobs j LEFT JOIN job_leases l ON l.job_id = j.id
+             WHERE j.tenant = $1 AND j.queue = ANY($2)
+             GROUP BY 1, 2";
 
 /// Throughput and latency percentiles per queue over the window; one lateral subquery per
 /// queue, so each walks its own slice of `jobs_tenant_queue_finished`. `$1` tenant, `$2` queues,
@@ -142,8 +146,9 @@ pub const WINDOWS_SQL: &str = "SELECT q.name AS queue, t.finished_1m, t.finished
                  ) recent
              ) p";
 
-/// Backlog and oldest due waiting job per queue, from `jobs_tenant_queue_waiting`. `$1`
-/// tenant, `$2` queues.
+/// Backlog and oldest due waiting job per queue, from `jobs_tenant_queue_waiting` (which also
+/// holds the running jobs, stored `queued` with a lease: they are left out). `$1` tenant, `$2`
+/// queues.
 pub const WAITING_SQL: &str = "SELECT q.name AS queue, w.backlog, w.oldest
              FROM unnest($2::text[]) AS q(name)
              CROSS JOIN LATERAL (
@@ -152,6 +157,7 @@ pub const WAITING_SQL: &str = "SELECT q.name AS queue, w.backlog, w.oldest
                  WHERE tenant = $1 AND queue = q.name
                    AND state IN ('scheduled', 'queued', 'retrying')
                    AND run_at <= now()
+                   AND NOT EXISTS (SELECT FROM job_leases l WHERE l.job_id = jobs.id)
              ) w";
 
 #[derive(sqlx::FromRow)]
