@@ -13,9 +13,7 @@
 -- the row (state `running`, the attempt, its start, worker and lease); see `job_columns!` in
 -- `shared/src/job/mod.rs`.
 --
--- No index but the key: the live rows are the running jobs (a few hundred), renewals and the
--- reaper scan them, and an index would cost every job an entry. No foreign key, as for the
--- outbox: its check would lock the job row on every insert.
+-- No foreign key, as for the outbox: its check would lock the job row on every insert.
 CREATE TABLE job_leases (
     job_id           uuid        PRIMARY KEY,
     attempt          integer     NOT NULL,
@@ -23,6 +21,13 @@ CREATE TABLE job_leases (
     started_at       timestamptz NOT NULL,
     lease_expires_at timestamptz NOT NULL
 );
+
+-- The reaper's order: it reads the first expired leases and stops at the first live one. The
+-- table churns (a row in and out per job) and its dead rows stay until vacuum: a sequential
+-- scan would grow with them (43 ms per sweep after 600,000 jobs with autovacuum off, as on the
+-- CI machine), where this index scan does not. Renewals, one statement per worker every third
+-- of a lease, scan the table.
+CREATE INDEX job_leases_expiry ON job_leases (lease_expires_at);
 
 -- Attempts running while this migration runs keep running: their lease moves here, and their
 -- job rows go back to what a claim now leaves them as.

@@ -7,8 +7,9 @@
 //! A late completion from the lost attempt is ignored: completions only apply to the attempt
 //! that is still running.
 //!
-//! Leases are rows of `job_leases`, one per running attempt. Both queries here scan that table
-//! (it has no index but its key): its live rows are the running jobs, a few hundred.
+//! Leases are rows of `job_leases`, one per running attempt. The reaper reads them in expiry
+//! order from `job_leases_expiry`; a renewal scans the table, whose live rows are the running
+//! jobs (a few hundred).
 
 use sqlx::PgPool;
 
