@@ -112,7 +112,7 @@ fn when(at: Option<DateTime<Utc>>) -> String {
 }
 
 pub async fn jobs(config: &Config, command: JobsCommand) -> anyhow::Result<()> {
-    let pool = db::connect_and_migrate(&config.database).await?;
+    let pool = db::connect_for_command(&config.database).await?;
     match command {
         JobsCommand::RetryDead {
             tenant,
@@ -150,12 +150,13 @@ pub async fn jobs(config: &Config, command: JobsCommand) -> anyhow::Result<()> {
             println!("deleted {n} jobs finished before {cutoff}");
         }
     }
+    pool.close().await;
     Ok(())
 }
 
 /// `conveyor-api queues`: the statistics of every configured queue for a tenant (Postgres only).
 pub async fn queues(config: &Config, tenant: &str) -> anyhow::Result<()> {
-    let pool = db::connect_and_migrate(&config.database).await?;
+    let pool = db::connect_for_command(&config.database).await?;
     let stats = QueueStats::load(&pool, tenant, &config.queues).await?;
     println!(
         "{:<14} {:>8} {:>8} {:>8} {:>9} {:>8} {:>10} {:>10} {:>12}",
@@ -185,17 +186,21 @@ pub async fn queues(config: &Config, tenant: &str) -> anyhow::Result<()> {
             secs(s.oldest_waiting_age_seconds),
         );
     }
+    pool.close().await;
     Ok(())
 }
 
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    db::connect_and_migrate(&config.database).await?;
+    db::connect_for_command(&config.database)
+        .await?
+        .close()
+        .await;
     println!("migrations applied");
     Ok(())
 }
 
 pub async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
-    let pool = db::connect_and_migrate(&config.database).await?;
+    let pool = db::connect_for_command(&config.database).await?;
     match command {
         KeysCommand::Create {
             tenant,
@@ -275,6 +280,7 @@ pub async fn keys(config: &Config, command: KeysCommand) -> anyhow::Result<()> {
             print_new_key(&rotation.new, &rotation.token);
         }
     }
+    pool.close().await;
     Ok(())
 }
 

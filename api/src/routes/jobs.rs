@@ -237,6 +237,7 @@ pub async fn cancel(
         )
         .await?;
     tx.commit().await?;
+    control::report_cancelled(&job);
     Ok(Json(job))
 }
 
@@ -271,6 +272,7 @@ pub async fn retry(
         )
         .await?;
     tx.commit().await?;
+    control::report_retried(&job);
     Ok(Json(job))
 }
 

@@ -6,7 +6,8 @@
 //! concurrent cancels exactly one wins. Only when the UPDATE matches nothing is the row read
 //! again, to tell "no such job" (404) from "not in a state this applies to" (409).
 //!
-//! Both run in the caller's transaction, so the audit entry of the change commits with it.
+//! Both run in the caller's transaction, so the audit entry of the change commits with it; the
+//! caller reports the change ([`report_cancelled`], [`report_retried`]) once it has committed.
 //! Under READ COMMITTED each statement still sees the latest committed rows, so the race
 //! handling works the same inside it.
 
@@ -97,9 +98,6 @@ pub async fn cancel(
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(job) = cancelled {
-            tracing::info!(queue = %job.queue, "job cancelled");
-            metrics::counter!("conveyor_jobs_cancelled_total", "queue" => job.queue.clone())
-                .increment(1);
             return Ok(job);
         }
         tries += 1;
@@ -138,9 +136,6 @@ pub async fn retry(tx: &mut PgConnection, tenant: &str, id: JobId) -> Result<Job
         .await?;
         if let Some(job) = retried {
             notify_relays(&mut *tx).await?;
-            tracing::info!(queue = %job.queue, attempts = job.attempts, "job retried");
-            metrics::counter!("conveyor_jobs_retried_total", "queue" => job.queue.clone())
-                .increment(1);
             return Ok(job);
         }
         tries += 1;
@@ -150,6 +145,19 @@ pub async fn retry(tx: &mut PgConnection, tenant: &str, id: JobId) -> Result<Job
             Some(state) => return Err(TransitionError::NotRetryable(state)),
         }
     }
+}
+
+/// Logs and counts a cancel once the caller's transaction committed: one that rolls back
+/// (its audit entry failed, say) cancelled nothing.
+pub fn report_cancelled(job: &Job) {
+    tracing::info!(job_id = %job.id, queue = %job.queue, "job cancelled");
+    metrics::counter!("conveyor_jobs_cancelled_total", "queue" => job.queue.clone()).increment(1);
+}
+
+/// Logs and counts a retry once the caller's transaction committed.
+pub fn report_retried(job: &Job) {
+    tracing::info!(job_id = %job.id, queue = %job.queue, attempts = job.attempts, "job retried");
+    metrics::counter!("conveyor_jobs_retried_total", "queue" => job.queue.clone()).increment(1);
 }
 
 /// The job's state as readers see it (`running` while leased), if the tenant has such a job.
