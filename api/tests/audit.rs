@@ -8,7 +8,7 @@ use std::process::Output;
 use conveyor_shared::keys::Scope;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{Options, TestApp, noop, output_field, problem};
+use support::{TestApp, noop, output_field, problem};
 
 async fn conveyor_api(app: &TestApp, args: &[&str]) -> Output {
     let out = support::cli(app, args).await;
@@ -35,11 +35,7 @@ async fn entries(app: &TestApp, token: &str) -> Vec<Value> {
 
 #[tokio::test]
 async fn admin_actions_are_recorded_with_who_what_when_and_where() {
-    let app = TestApp::spawn_with(Options {
-        worker: false,
-        ..Default::default()
-    })
-    .await;
+    let app = TestApp::without_worker().await;
     let started = chrono::Utc::now();
     let bootstrap_key: uuid::Uuid = sqlx::query_scalar("SELECT id FROM api_keys LIMIT 1")
         .fetch_one(&app.pool)
@@ -160,11 +156,7 @@ async fn admin_actions_are_recorded_with_who_what_when_and_where() {
 
 #[tokio::test]
 async fn only_admins_read_the_trail_and_only_their_tenants() {
-    let app = TestApp::spawn_with(Options {
-        worker: false,
-        ..Default::default()
-    })
-    .await;
+    let app = TestApp::without_worker().await;
     let id = app.enqueue(later()).await;
     let r = app
         .post_as(&app.token, &format!("/v1/jobs/{id}/cancel"), json!({}))
@@ -214,11 +206,7 @@ async fn count(app: &TestApp, sql: &str) -> i64 {
 
 #[tokio::test]
 async fn an_action_whose_audit_entry_fails_is_rolled_back() {
-    let app = TestApp::spawn_with(Options {
-        worker: false,
-        ..Default::default()
-    })
-    .await;
+    let app = TestApp::without_worker().await;
     // Set the stage while the trail still accepts entries: a waiting job, a cancelled one, a
     // dead one, one finished long ago, a schedule and a key.
     let waiting = app.enqueue(later()).await;

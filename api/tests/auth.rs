@@ -8,11 +8,7 @@ use serde_json::{Value, json};
 use support::{Options, TestApp, noop, problem};
 
 async fn spawn() -> TestApp {
-    TestApp::spawn_with(Options {
-        worker: false,
-        ..Default::default()
-    })
-    .await
+    TestApp::without_worker().await
 }
 
 /// For tests that change keys by hand in SQL, which the api's token cache does not hear of

@@ -19,7 +19,7 @@ use std::{
 use rand::Rng;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{Options, TestApp};
+use support::TestApp;
 use tokio_util::sync::CancellationToken;
 
 /// Not a test: the body of a worker process the chaos test starts and kills. Its whole
@@ -217,13 +217,7 @@ async fn wait_busy(app: &TestApp, worker: &str) {
 async fn no_job_is_lost_or_run_twice_through_crashes_and_restarts() {
     let _restore = ServicesRestored;
     let pg = pg_version();
-    let app = Arc::new(
-        TestApp::spawn_with(Options {
-            worker: false,
-            ..Default::default()
-        })
-        .await,
-    );
+    let app = Arc::new(TestApp::without_worker().await);
     // The payment provider fails a fifth of its calls on top of everything else.
     let sandbox = conveyor_sandbox::Application::bind(&conveyor_sandbox::Config {
         faults: conveyor_sandbox::FaultConfig {

@@ -6,7 +6,7 @@ use std::{process::Output, time::Duration};
 
 use reqwest::StatusCode;
 use serde_json::json;
-use support::{Options, TestApp, cli as conveyor_api, output_field};
+use support::{TestApp, cli as conveyor_api, output_field};
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -14,11 +14,7 @@ fn stdout(o: &Output) -> String {
 
 #[tokio::test]
 async fn keys_are_created_listed_and_revoked_from_the_command_line() {
-    let app = TestApp::spawn_with(Options {
-        worker: false,
-        ..Default::default()
-    })
-    .await;
+    let app = TestApp::without_worker().await;
 
     let out = conveyor_api(
         &app,
@@ -117,11 +113,7 @@ async fn keys_are_created_listed_and_revoked_from_the_command_line() {
 
 #[tokio::test]
 async fn migrate_creates_a_missing_database() {
-    let app = TestApp::spawn_with(Options {
-        worker: false,
-        ..Default::default()
-    })
-    .await;
+    let app = TestApp::without_worker().await;
     let fresh = format!("{}_fresh", app.db_name);
     let url = format!("postgres://postgres@127.0.0.1:5432/{fresh}");
     let out = support::cli_at(url.clone(), &["migrate"]).await;
@@ -276,11 +268,7 @@ fn near(at: chrono::DateTime<chrono::Utc>, expected: chrono::DateTime<chrono::Ut
 
 #[tokio::test]
 async fn keys_rotate_with_an_overlap_and_list_shows_expiry_and_last_use() {
-    let app = TestApp::spawn_with(Options {
-        worker: false,
-        ..Default::default()
-    })
-    .await;
+    let app = TestApp::without_worker().await;
     let out = conveyor_api(
         &app,
         &[

@@ -32,17 +32,9 @@ async fn hostile_receiver(stop: CancellationToken) -> std::net::SocketAddr {
     addr
 }
 
-async fn spawn_without_worker() -> TestApp {
-    TestApp::spawn_with(Options {
-        worker: false,
-        ..Default::default()
-    })
-    .await
-}
-
 #[tokio::test]
 async fn the_dashboard_is_served_with_a_strict_policy_and_no_inline_code() {
-    let app = spawn_without_worker().await;
+    let app = TestApp::without_worker().await;
     for (path, content_type) in [
         ("/", "text/html"),
         ("/dashboard.js", "text/javascript"),

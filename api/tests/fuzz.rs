@@ -9,15 +9,11 @@ use std::process::Command;
 
 use reqwest::StatusCode;
 use serde_json::Value;
-use support::{Options, TestApp, problem};
+use support::{TestApp, problem};
 
 #[tokio::test]
 async fn schemathesis_finds_no_server_error_and_no_undeclared_answer() {
-    let app = TestApp::spawn_with(Options {
-        worker: false,
-        ..Default::default()
-    })
-    .await;
+    let app = TestApp::without_worker().await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/fuzz-api.sh");
     let base = format!("http://{}", app.addr);
     let token = app.token.clone();
@@ -45,11 +41,7 @@ async fn schemathesis_finds_no_server_error_and_no_undeclared_answer() {
 /// the document declared problems as `application/json` and left out statuses every route has.
 #[tokio::test]
 async fn schemathesis_findings_stay_fixed() {
-    let app = TestApp::spawn_with(Options {
-        worker: false,
-        ..Default::default()
-    })
-    .await;
+    let app = TestApp::without_worker().await;
     for path in [
         "/v1/jobs?limit=1&limit=2",
         "/v1/schedules?cursor=a&cursor=b",

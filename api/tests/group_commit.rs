@@ -10,18 +10,14 @@ use std::collections::HashSet;
 use futures_util::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{Options, TestApp, noop};
+use support::{TestApp, noop};
 
 const REQUESTS: usize = 200;
 
 /// An api alone: no worker runs the jobs, so their rows keep the `xmin` of the transaction
 /// that wrote them.
 async fn spawn() -> TestApp {
-    TestApp::spawn_with(Options {
-        worker: false,
-        ..Default::default()
-    })
-    .await
+    TestApp::without_worker().await
 }
 
 async fn burst(app: &TestApp, payloads: Vec<Value>) -> Vec<(StatusCode, Value)> {

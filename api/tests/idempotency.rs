@@ -7,14 +7,10 @@ use conveyor_shared::keys::Scope;
 use futures_util::future::join_all;
 use reqwest::{Response, StatusCode, header};
 use serde_json::{Value, json};
-use support::{Options, TestApp, noop};
+use support::{TestApp, noop};
 
 async fn spawn() -> TestApp {
-    TestApp::spawn_with(Options {
-        worker: false,
-        ..Default::default()
-    })
-    .await
+    TestApp::without_worker().await
 }
 
 /// POSTs `body` (as raw JSON text, so key order is exactly as written) with an Idempotency-Key.

@@ -319,11 +319,7 @@ async fn the_circuit_opens_after_repeated_failures_and_fails_fast() {
 
 #[tokio::test]
 async fn bad_urls_and_events_are_refused_at_enqueue_naming_the_field() {
-    let app = TestApp::spawn_with(Options {
-        worker: false,
-        ..Default::default()
-    })
-    .await;
+    let app = TestApp::without_worker().await;
     let cases = [
         (
             json!({"kind": "webhook.deliver", "payload": {"url": "ftp://example.com/x", "event": "e"}}),

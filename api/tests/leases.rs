@@ -14,7 +14,7 @@ use conveyor_shared::{
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{Options, TestApp, problem};
+use support::{TestApp, problem};
 
 /// Enqueues a job and claims it as `ghost`, a worker that will never renew or finish it.
 async fn claimed_by_ghost(app: &TestApp, body: serde_json::Value) -> JobId {
@@ -122,11 +122,7 @@ async fn listed(app: &TestApp, query: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn a_leased_job_reads_as_running_everywhere_until_its_attempt_ends() {
-    let app = TestApp::spawn_with(Options {
-        worker: false,
-        ..Default::default()
-    })
-    .await;
+    let app = TestApp::without_worker().await;
     let running: JobId = app.enqueue(json!({"kind": "noop"})).await.parse().unwrap();
     let waiting = app.enqueue(json!({"kind": "noop"})).await;
     let claimed = lifecycle::claim_batch(&app.pool, &[running], "w-1", 60.0)
@@ -235,11 +231,7 @@ async fn a_leased_job_reads_as_running_everywhere_until_its_attempt_ends() {
 
 #[tokio::test]
 async fn a_cancel_waits_for_a_claim_in_flight_and_then_refuses() {
-    let app = TestApp::spawn_with(Options {
-        worker: false,
-        ..Default::default()
-    })
-    .await;
+    let app = TestApp::without_worker().await;
     let id: JobId = app.enqueue(json!({"kind": "noop"})).await.parse().unwrap();
     // A claim that has written its lease but not committed yet.
     let mut claim = app.pool.begin().await.unwrap();

@@ -13,14 +13,6 @@ use support::{Options, TestApp, amqp_url, eventually, message_count, noop, probl
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-async fn spawn_without_worker() -> TestApp {
-    TestApp::spawn_with(Options {
-        worker: false,
-        ..Default::default()
-    })
-    .await
-}
-
 async fn cancel_as(app: &TestApp, token: &str, id: &str) -> Response {
     app.post_empty_as(token, &format!("/v1/jobs/{id}/cancel"))
         .await
@@ -163,7 +155,7 @@ async fn a_cancelled_scheduled_job_never_runs() {
 
 #[tokio::test]
 async fn a_cancelled_job_whose_message_is_in_rabbitmq_is_skipped() {
-    let app = spawn_without_worker().await;
+    let app = TestApp::without_worker().await;
     let id = app.enqueue(noop(json!({}))).await;
     let published = eventually(Duration::from_secs(5), || async {
         let published: bool =
@@ -360,7 +352,7 @@ async fn a_retried_cancelled_job_runs() {
 
 #[tokio::test]
 async fn only_dead_or_cancelled_jobs_can_be_retried() {
-    let app = spawn_without_worker().await;
+    let app = TestApp::without_worker().await;
     let queued = app.enqueue(noop(json!({}))).await;
     not_retryable(&app, &queued, "queued").await;
     let scheduled = app
@@ -383,7 +375,7 @@ async fn only_dead_or_cancelled_jobs_can_be_retried() {
 
 #[tokio::test]
 async fn unknown_foreign_and_malformed_ids_are_404_and_scope_is_jobs_write() {
-    let app = spawn_without_worker().await;
+    let app = TestApp::without_worker().await;
     let id = app
         .enqueue(json!({"kind": "noop", "run_at": in_future(3_600_000)}))
         .await;
@@ -429,7 +421,7 @@ async fn unknown_foreign_and_malformed_ids_are_404_and_scope_is_jobs_write() {
 
 #[tokio::test]
 async fn concurrent_cancels_and_retries_have_one_winner() {
-    let app = spawn_without_worker().await;
+    let app = TestApp::without_worker().await;
     let id = app
         .enqueue(json!({"kind": "noop", "run_at": in_future(3_600_000)}))
         .await;

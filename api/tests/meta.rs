@@ -11,7 +11,7 @@ use std::{net::SocketAddr, time::Duration};
 use conveyor_shared::{config::DatabaseConfig, probe};
 use reqwest::{StatusCode, header};
 use serde_json::{Value, json};
-use support::{Options, TestApp, eventually, noop};
+use support::{TestApp, eventually, noop};
 use tokio_util::sync::CancellationToken;
 
 fn free_addr() -> SocketAddr {
@@ -80,11 +80,7 @@ async fn unready_server() -> SocketAddr {
 
 #[tokio::test]
 async fn the_api_is_live_and_ready() {
-    let app = TestApp::spawn_with(Options {
-        worker: false,
-        ..Default::default()
-    })
-    .await;
+    let app = TestApp::without_worker().await;
     let (status, _, body) = get(&app, &app.url("/healthz")).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
     let (status, content_type, body) = get(&app, &app.url("/readyz")).await;
@@ -172,11 +168,7 @@ async fn metrics_cover_enqueue_relay_and_worker() {
 
 #[tokio::test]
 async fn the_openapi_document_describes_the_job_routes() {
-    let app = TestApp::spawn_with(Options {
-        worker: false,
-        ..Default::default()
-    })
-    .await;
+    let app = TestApp::without_worker().await;
     let (status, content_type, body) = get(&app, &app.url("/openapi.json")).await;
     assert_eq!(status, StatusCode::OK);
     assert!(
@@ -269,11 +261,7 @@ async fn the_openapi_document_describes_the_job_routes() {
 
 #[tokio::test]
 async fn the_scheduler_serves_probes_and_stops_on_cancel() {
-    let app = TestApp::spawn_with(Options {
-        worker: false,
-        ..Default::default()
-    })
-    .await;
+    let app = TestApp::without_worker().await;
     let addr = free_addr();
     let config = conveyor_scheduler::Config {
         addr,

@@ -16,11 +16,7 @@ async fn queue(app: &TestApp, name: &str) -> Value {
 
 #[tokio::test]
 async fn backlog_shows_while_no_worker_runs() {
-    let app = TestApp::spawn_with(Options {
-        worker: false,
-        ..Default::default()
-    })
-    .await;
+    let app = TestApp::without_worker().await;
     for _ in 0..3 {
         app.enqueue(noop(json!({}))).await;
     }
@@ -133,11 +129,7 @@ async fn counts_throughput_and_latency_after_jobs_succeed_and_die() {
 
 #[tokio::test]
 async fn unknown_queue_is_404_and_scopes_apply() {
-    let app = TestApp::spawn_with(Options {
-        worker: false,
-        ..Default::default()
-    })
-    .await;
+    let app = TestApp::without_worker().await;
     problem(
         app.get_as(&app.token, "/v1/queues/nope").await,
         StatusCode::NOT_FOUND,
@@ -168,11 +160,7 @@ async fn unknown_queue_is_404_and_scopes_apply() {
 
 #[tokio::test]
 async fn tenants_see_only_their_own_jobs() {
-    let app = TestApp::spawn_with(Options {
-        worker: false,
-        ..Default::default()
-    })
-    .await;
+    let app = TestApp::without_worker().await;
     let other = app.key("acme", &[Scope::JobsRead, Scope::JobsWrite]).await;
     for _ in 0..2 {
         app.enqueue(noop(json!({}))).await;

@@ -11,7 +11,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use conveyor_shared::job::stats::{COUNTS_SQL, MAX_SAMPLES, WAITING_SQL, WINDOWS_SQL};
-use support::{Options, TestApp};
+use support::TestApp;
 
 #[tokio::test]
 #[ignore = "benchmark: seeds ~1M rows; run with --ignored --nocapture"]
@@ -20,11 +20,7 @@ async fn queue_stats_with_a_million_finished_jobs() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
-    let app = TestApp::spawn_with(Options {
-        worker: false,
-        ..Default::default()
-    })
-    .await;
+    let app = TestApp::without_worker().await;
     let seeded = Instant::now();
     // Finished jobs spread over the last 30 days across the three queues; 1 in 50 is dead. The
     // last 5 minutes hold ~rows/8640 of them, as a steady rate would leave.

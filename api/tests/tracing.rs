@@ -35,11 +35,7 @@ async fn post_traced(app: &TestApp, path: &str, traceparent: &str, body: Value) 
 
 #[tokio::test]
 async fn the_relay_puts_the_stored_traceparent_in_the_message_headers() {
-    let app = TestApp::spawn_with(Options {
-        worker: false,
-        ..Default::default()
-    })
-    .await;
+    let app = TestApp::without_worker().await;
     let job = post_traced(&app, "/v1/jobs", TRACEPARENT, noop(json!({}))).await;
     assert_eq!(job["traceparent"], TRACEPARENT, "{job:#}");
     let id = job["id"].as_str().unwrap().to_owned();

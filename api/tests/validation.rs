@@ -5,14 +5,10 @@ mod support;
 
 use reqwest::{Response, StatusCode, header};
 use serde_json::{Value, json};
-use support::{Options, TestApp, noop, problem};
+use support::{TestApp, noop, problem};
 
 async fn spawn() -> TestApp {
-    TestApp::spawn_with(Options {
-        worker: false,
-        ..Default::default()
-    })
-    .await
+    TestApp::without_worker().await
 }
 
 /// Asserts `r` is a 422 whose `errors` name exactly `fields`, in order; returns the document.
@@ -481,11 +477,7 @@ async fn a_json_array_is_not_a_request() {
 /// passes even when the whole body is over the single-job limit.
 #[tokio::test]
 async fn a_batch_body_may_exceed_the_single_job_limit() {
-    let app = TestApp::spawn_with(Options {
-        worker: false,
-        ..Default::default()
-    })
-    .await;
+    let app = TestApp::without_worker().await;
     let note = "a".repeat(30 * 1024);
     let jobs: Vec<Value> = (0..40)
         .map(|i| {

@@ -111,6 +111,15 @@ impl TestApp {
         Self::spawn_with(Options::default()).await
     }
 
+    /// An api and its relay, no worker: jobs wait in RabbitMQ (or are claimed by the test).
+    pub async fn without_worker() -> Self {
+        Self::spawn_with(Options {
+            worker: false,
+            ..Default::default()
+        })
+        .await
+    }
+
     pub async fn spawn_with(options: Options) -> Self {
         init_test_logging();
         conveyor_worker::tls::install();
