@@ -120,6 +120,15 @@ async fn listed(app: &TestApp, query: &str) -> Vec<String> {
         .collect()
 }
 
+/// Expects a cancel's 409 `job_not_cancellable` naming the job as running.
+async fn refused_as_running(response: reqwest::Response) {
+    let refused = problem(response, StatusCode::CONFLICT, "job_not_cancellable").await;
+    assert!(
+        refused["detail"].as_str().unwrap().contains("running"),
+        "{refused:#}"
+    );
+}
+
 #[tokio::test]
 async fn a_leased_job_reads_as_running_everywhere_until_its_attempt_ends() {
     let app = TestApp::without_worker().await;
@@ -173,17 +182,11 @@ async fn a_leased_job_reads_as_running_everywhere_until_its_attempt_ends() {
     );
     assert_eq!(q["backlog"], 1, "the running job is not waiting: {q:#}");
 
-    let refused = problem(
+    refused_as_running(
         app.post_empty_as(&app.token, &format!("/v1/jobs/{running}/cancel"))
             .await,
-        StatusCode::CONFLICT,
-        "job_not_cancellable",
     )
     .await;
-    assert!(
-        refused["detail"].as_str().unwrap().contains("running"),
-        "{refused:#}"
-    );
 
     let done = Completion {
         id: running,
@@ -253,16 +256,7 @@ async fn a_cancel_waits_for_a_claim_in_flight_and_then_refuses() {
     );
     claim.commit().await.unwrap();
 
-    let refused = problem(
-        cancel.await.unwrap(),
-        StatusCode::CONFLICT,
-        "job_not_cancellable",
-    )
-    .await;
-    assert!(
-        refused["detail"].as_str().unwrap().contains("running"),
-        "{refused:#}"
-    );
+    refused_as_running(cancel.await.unwrap()).await;
     let job = app.get_json(&format!("/v1/jobs/{id}")).await;
     assert_eq!(job["state"], "running", "{job:#}");
     app.stop().await;
