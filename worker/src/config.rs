@@ -26,6 +26,9 @@ pub struct Config {
     pub retry: RetryPolicy,
     /// How long in-flight jobs may take to finish after SIGTERM.
     pub shutdown_grace: Duration,
+    /// How long the completer waits for more outcomes after a small batch before writing it
+    /// (`CONVEYOR_COMPLETION_COALESCE_MS`; 0: write at once).
+    pub completion_coalesce: Duration,
     /// How long a claim holds without renewal; a dead worker's jobs come back after this.
     pub lease: Duration,
     /// How often expired leases are swept.
@@ -84,6 +87,7 @@ impl Config {
                 max: Duration::from_secs(600),
             },
             shutdown_grace: Duration::from_secs(30),
+            completion_coalesce: Duration::from_millis(2),
             lease: Duration::from_secs(30),
             reaper_interval: Duration::from_secs(5),
             retention_days: 30,
@@ -118,6 +122,10 @@ impl Config {
                 "CONVEYOR_SHUTDOWN_GRACE_SECS",
                 d.shutdown_grace.as_secs(),
             )?),
+            completion_coalesce: config::millis_or(
+                "CONVEYOR_COMPLETION_COALESCE_MS",
+                d.completion_coalesce.as_millis() as u64,
+            )?,
             lease: Duration::from_secs(
                 config::parse_or("CONVEYOR_LEASE_SECS", d.lease.as_secs())?.max(1),
             ),

@@ -75,6 +75,7 @@ impl Consumer {
         let completer = tokio::spawn(completer::run(
             this.pool.clone(),
             this.config.worker_id.clone(),
+            this.config.completion_coalesce,
             done_rx,
         ));
         let permits = Arc::new(Semaphore::new(this.config.concurrency));
