@@ -582,3 +582,40 @@ async fn payment_jobs_share_the_handler_connections() {
     p.stop.cancel();
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_refund_of_a_charge_still_running_waits_for_it() {
+    let p = provider(FaultConfig::default()).await;
+    let app = app_with(&p).await;
+    let wallet = account(&app, "wallet", "EUR").await;
+    // A charge held by a worker that never finishes it: not yet charged, and running.
+    let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let held = app
+        .enqueue(json!({"kind": "payment.charge", "run_at": later,
+                        "payload": {"account_id": wallet, "amount_minor": 500, "currency": "EUR"}}))
+        .await;
+    let held_id: conveyor_shared::JobId = held.parse().unwrap();
+    sqlx::query("UPDATE jobs SET state = 'queued' WHERE id = $1")
+        .bind(held_id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let claimed =
+        conveyor_shared::job::lifecycle::claim_batch(&app.pool, &[held_id], "ghost", 3600.0)
+            .await
+            .unwrap();
+    assert_eq!(claimed.len(), 1);
+
+    let refund = app
+        .enqueue(json!({"kind": "payment.refund", "payload": {"charge_job_id": held}}))
+        .await;
+    let waiting = app
+        .wait_for_state(&refund, "retrying", Duration::from_secs(10))
+        .await;
+    let error = waiting["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("is still running"),
+        "the refund should wait for the charge: {waiting:#}"
+    );
+    app.stop().await;
+}

@@ -101,7 +101,7 @@ pub async fn cancel(
             return Ok(job);
         }
         tries += 1;
-        match current_state(tx, tenant, id).await? {
+        match state_of(tx, tenant, id).await? {
             None => return Err(TransitionError::NotFound),
             Some(state) if CANCELLABLE.contains(&state) && tries < RACE_TRIES => continue,
             Some(state) => return Err(TransitionError::NotCancellable(state)),
@@ -139,7 +139,7 @@ pub async fn retry(tx: &mut PgConnection, tenant: &str, id: JobId) -> Result<Job
             return Ok(job);
         }
         tries += 1;
-        match current_state(tx, tenant, id).await? {
+        match state_of(tx, tenant, id).await? {
             None => return Err(TransitionError::NotFound),
             Some(state) if RETRYABLE.contains(&state) && tries < RACE_TRIES => continue,
             Some(state) => return Err(TransitionError::NotRetryable(state)),
@@ -161,7 +161,7 @@ pub fn report_retried(job: &Job) {
 }
 
 /// The job's state as readers see it (`running` while leased), if the tenant has such a job.
-async fn current_state(
+pub async fn state_of(
     tx: &mut PgConnection,
     tenant: &str,
     id: JobId,

@@ -12,6 +12,8 @@
 //! refuses it for good.
 
 use conveyor_shared::{
+    JobId,
+    job::control,
     kind::{ChargePayload, RefundPayload, TransferPayload},
     ledger::{self, Account, Booked, LedgerError, Leg},
 };
@@ -208,21 +210,18 @@ async fn reserve(
     .await
     .map_err(db)?;
     let Some(charge) = charge else {
-        let state: Option<String> =
-            sqlx::query_scalar("SELECT state::text FROM jobs WHERE id = $1 AND tenant = $2")
-                .bind(p.charge_job_id)
-                .bind(&job.tenant)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db)?;
-        return Err(match state.as_deref() {
-            Some("dead" | "cancelled" | "succeeded") | None => HandlerError::Permanent(format!(
+        // As readers see it: a charge in progress is `running`, not its stored `queued`.
+        let state = control::state_of(&mut tx, &job.tenant, JobId(p.charge_job_id))
+            .await
+            .map_err(db)?;
+        return Err(match state {
+            Some(state) if !state.is_finished() => {
+                HandlerError::retryable(format!("charge job {} is still {state}", p.charge_job_id))
+            }
+            _ => HandlerError::Permanent(format!(
                 "charge job {} charged nothing to refund",
                 p.charge_job_id
             )),
-            Some(state) => {
-                HandlerError::retryable(format!("charge job {} is still {state}", p.charge_job_id))
-            }
         });
     };
     let existing: Option<(i64, String)> =
