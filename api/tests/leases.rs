@@ -261,3 +261,48 @@ async fn a_cancel_waits_for_a_claim_in_flight_and_then_refuses() {
     assert_eq!(job["state"], "running", "{job:#}");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_redelivered_claim_does_not_deadlock_with_the_completion_of_its_job() {
+    let app = TestApp::without_worker().await;
+    let id: JobId = app.enqueue(json!({"kind": "noop"})).await.parse().unwrap();
+    let claimed = lifecycle::claim_batch(&app.pool, &[id], "w-1", 60.0)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+
+    // The completion's statement, halfway: the lease deleted, the job row not yet written.
+    let mut completion = app.pool.begin().await.unwrap();
+    sqlx::query("DELETE FROM job_leases WHERE job_id = $1")
+        .bind(id)
+        .execute(&mut *completion)
+        .await
+        .unwrap();
+    // Meanwhile RabbitMQ redelivers the job's message (a channel reset) and a worker claims it.
+    let claim = tokio::spawn({
+        let pool = app.pool.clone();
+        async move { lifecycle::claim_batch(&pool, &[id], "w-2", 60.0).await }
+    });
+    // Let the claim get as far as it goes: done, or waiting on a lock the completion holds.
+    let settled = support::eventually(Duration::from_secs(10), || async {
+        (claim.is_finished() || app.count_sessions("wait_event_type = 'Lock'").await > 0)
+            .then_some(())
+    })
+    .await;
+    assert!(settled.is_some(), "the claim neither ended nor waited");
+
+    // The completion's second half writes the outcome to the job row. Had the claim locked
+    // that row and then waited for the lease, Postgres would abort one of the two.
+    let written =
+        sqlx::query("UPDATE jobs SET state = 'succeeded', finished_at = now() WHERE id = $1")
+            .bind(id)
+            .execute(&mut *completion)
+            .await;
+    assert!(written.is_ok(), "the completion failed: {written:?}");
+    completion.commit().await.unwrap();
+    let reclaimed = claim.await.unwrap().expect("the claim failed");
+    assert!(reclaimed.is_empty(), "a finishing job was claimed again");
+    let job = app.get_json(&format!("/v1/jobs/{id}")).await;
+    assert_eq!(job["state"], "succeeded", "{job:#}");
+    app.stop().await;
+}

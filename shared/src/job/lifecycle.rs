@@ -56,6 +56,13 @@ pub struct Completion {
 /// once the attempt ends. Each job row is locked `FOR SHARE` until the claim commits, so that
 /// a cancel (which locks the row before looking for a lease) either sees the lease or is seen
 /// by the claim, never neither.
+///
+/// A job whose lease this statement can see is left out before its row is locked, even when
+/// that lease is being deleted by a completion (or the reaper) that has not committed yet: a
+/// redelivery arriving while the outcome is written. Without that check the claim would lock
+/// the job row, then wait on the lease's primary key for the completion, which in turn waits
+/// on the row lock to write the outcome: a deadlock that Postgres breaks after a second by
+/// aborting one of them.
 pub async fn claim_batch(
     db: impl sqlx::PgExecutor<'_>,
     ids: &[JobId],
@@ -67,6 +74,7 @@ pub async fn claim_batch(
              INSERT INTO job_leases (job_id, attempt, worker, started_at, lease_expires_at)
              SELECT id, attempts + 1, $2, now(), now() + make_interval(secs => $3)
              FROM jobs WHERE id = ANY($1) AND state = 'queued'
+               AND NOT EXISTS (SELECT 1 FROM job_leases WHERE job_id = jobs.id)
              FOR SHARE
              ON CONFLICT (job_id) DO NOTHING
              RETURNING *
