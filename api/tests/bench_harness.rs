@@ -64,6 +64,13 @@ async fn every_section_runs_against_a_live_stack() {
         find("batch: 300 jobs, 100 per request, 2 in flight: end to end")
             .contains("% of raw RabbitMQ")
     );
+    assert!(find("raw RabbitMQ again, right after the batch run").ends_with("msg/s"));
+    let bracket = find("batch end to end against the raw rate before / after it");
+    let shares: Vec<&str> = bracket.split(" / ").collect();
+    assert!(
+        shares.len() == 2 && shares.iter().all(|s| s.ends_with('%')),
+        "{bracket:?}"
+    );
     assert!(find("single: 60 jobs").contains("jobs/s"));
     assert!(find("achieved rate").ends_with(", 0 errors"), "{rows:#?}");
     assert!(find("start latency").contains(" ms / "));

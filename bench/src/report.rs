@@ -80,6 +80,27 @@ impl Report {
         );
     }
 
+    /// The raw broker measured again right after the `batch` run, and that run's share of the
+    /// raw rate before it and after it.
+    pub fn raw_broker_after(&mut self, r: &RawBroker, batch: &Throughput) {
+        let after = rate(r.messages, r.round_trip);
+        self.row(
+            "raw RabbitMQ again, right after the batch run: publish + consume + ack",
+            format!("{after:.0} msg/s"),
+        );
+        let batch = rate(batch.jobs, batch.end_to_end);
+        if let Some(before) = self.raw_round_trip_rate {
+            self.row(
+                "batch end to end against the raw rate before / after it",
+                format!(
+                    "{:.0}% / {:.0}%",
+                    100.0 * batch / before,
+                    100.0 * batch / after
+                ),
+            );
+        }
+    }
+
     pub fn raw_postgres(&mut self, r: &RawPostgres) {
         self.row(
             format!(
