@@ -6,20 +6,7 @@ mod support;
 
 use conveyor_shared::job::LIST_SQL;
 use serde_json::Value;
-use support::{Options, TestApp};
-
-/// Rows read by every scan of the plan's nodes, from `EXPLAIN (ANALYZE)`.
-fn rows_scanned(node: &Value) -> f64 {
-    let own = if node["Node Type"].as_str().unwrap_or("").contains("Scan") {
-        node["Actual Rows"].as_f64().unwrap_or(0.0) * node["Actual Loops"].as_f64().unwrap_or(1.0)
-    } else {
-        0.0
-    };
-    own + node["Plans"]
-        .as_array()
-        .map(|plans| plans.iter().map(rows_scanned).sum())
-        .unwrap_or(0.0)
-}
+use support::{Options, TestApp, rows_scanned};
 
 #[tokio::test]
 async fn a_page_of_running_or_dead_jobs_reads_about_a_page_however_long_the_backlog() {

@@ -429,6 +429,26 @@ where
     }
 }
 
+/// Rows read by every scan of a plan's nodes, from `EXPLAIN (ANALYZE, FORMAT JSON)`: those a
+/// scan returned and those it read and dropped (`Rows Removed by Filter`, by a recheck), times
+/// its loops. A statement that finds its rows by key reads about as many as it touches; one
+/// that walks an index or a table reads them all.
+pub fn rows_scanned(node: &Value) -> f64 {
+    let own = if node["Node Type"].as_str().unwrap_or("").contains("Scan") {
+        let field = |name: &str| node[name].as_f64().unwrap_or(0.0);
+        (field("Actual Rows")
+            + field("Rows Removed by Filter")
+            + field("Rows Removed by Index Recheck"))
+            * node["Actual Loops"].as_f64().unwrap_or(1.0)
+    } else {
+        0.0
+    };
+    own + node["Plans"]
+        .as_array()
+        .map(|plans| plans.iter().map(rows_scanned).sum())
+        .unwrap_or(0.0)
+}
+
 async fn assert_broker_reachable() {
     if let Err(e) = lapin::Connection::connect(&amqp_url(), Default::default()).await {
         panic!(
