@@ -57,6 +57,7 @@ async fn the_workers_statements_find_their_rows_by_key_with_plans_made_on_empty_
             COMPLETE_SQL,
             "'{}', '{}', '{}', '{}', '{}', '{}', '{}', 'w-1'",
         ),
+        ("reap", REAP_SQL, "100"),
     ];
     for (name, sql, empty_args) in statements {
         sqlx::query(sqlx::AssertSqlSafe(format!("PREPARE {name} AS {sql}")))
@@ -132,18 +133,12 @@ async fn the_workers_statements_find_their_rows_by_key_with_plans_made_on_empty_
             ),
             ("Update", 32.0),
         ),
-        // The reaper's statement is planned on every run (`persistent(false)`), on the tables
-        // as they are.
         ("reap", "100".to_owned(), ("Update", 100.0)),
     ];
     for (name, args, (operation, expected)) in runs {
-        let statement = match name {
-            "reap" => REAP_SQL.replace("$1", &args),
-            _ => format!("EXECUTE {name}({args})"),
-        };
         let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
         let plan: Value = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "EXPLAIN (ANALYZE, FORMAT JSON) {statement}"
+            "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE {name}({args})"
         )))
         .fetch_one(&mut *tx)
         .await

@@ -45,24 +45,18 @@ pub struct Reaped {
 /// once: leases are locked with `SKIP LOCKED`, and a lease deleted meanwhile (its attempt
 /// completed) is not taken back.
 pub async fn reap_expired(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<Reaped>> {
-    // Planned anew on every run (an unnamed statement), not once per connection: it runs every
-    // few seconds, so planning costs nothing here, and a plan kept from when the tables were
-    // small joined the expired leases to a sequential scan of `jobs` (see [`REAP_SQL`]).
-    sqlx::query_as(REAP_SQL)
-        .persistent(false)
-        .bind(limit)
-        .fetch_all(pool)
-        .await
+    sqlx::query_as(REAP_SQL).bind(limit).fetch_all(pool).await
 }
 
 /// [`reap_expired`]'s statement (public so that a test can check its plan). `$1`: the limit.
 ///
-/// The expired leases, and then their jobs, are found by primary key through one array of
-/// their ids (`picked`). Joined instead (`job_id IN (SELECT ...)`, `FROM expired` alone), the
-/// plan Postgres made while the tables were small, and kept (see
-/// [`super::lifecycle::CLAIM_SQL`]), read the whole of `job_leases`, dead rows included, and
-/// even with the array it still hashed the expired leases against a sequential scan of `jobs`,
-/// which is why [`reap_expired`] has it planned on every run.
+/// The expired leases are found by primary key through the array of their ids (`picked`), and
+/// their jobs through the array of those deleted (`e`, one row), each job's attempt read at
+/// its id's position, with no join between leases and jobs: whatever plan Postgres kept (see
+/// [`super::lifecycle::CLAIM_SQL`]). Written as `job_id IN (SELECT ...)` and
+/// `UPDATE jobs ... FROM expired`, the plan made while the tables were empty read `job_leases`
+/// from its start, dead rows included, on every sweep, and hashed the expired leases against a
+/// sequential scan of `jobs`.
 pub const REAP_SQL: &str = "WITH picked AS (
          SELECT ARRAY(
              SELECT job_id FROM job_leases
@@ -72,23 +66,30 @@ pub const REAP_SQL: &str = "WITH picked AS (
              FOR UPDATE SKIP LOCKED) AS ids
      ), expired AS (
          DELETE FROM job_leases WHERE job_id = ANY((SELECT ids FROM picked)::uuid[])
-         RETURNING *
+         RETURNING job_id, attempt, worker, started_at
+     ), e AS (
+         SELECT array_agg(job_id) AS ids, array_agg(attempt) AS attempts,
+                array_agg(worker) AS workers, array_agg(started_at) AS starts
+         FROM expired
      ), lost AS (
          UPDATE jobs j
-         SET state = CASE WHEN e.attempt - j.attempts_base >= j.max_attempts
+         SET state = CASE WHEN e.attempts[array_position(e.ids, j.id)] - j.attempts_base
+                               >= j.max_attempts
                           THEN 'dead'::job_state ELSE 'retrying'::job_state END,
-             finished_at = CASE WHEN e.attempt - j.attempts_base >= j.max_attempts
+             finished_at = CASE WHEN e.attempts[array_position(e.ids, j.id)] - j.attempts_base
+                                     >= j.max_attempts
                                 THEN now() END,
-             attempts = e.attempt,
-             started_at = e.started_at,
-             last_error = 'lease expired: worker ' || e.worker
+             attempts = e.attempts[array_position(e.ids, j.id)],
+             started_at = e.starts[array_position(e.ids, j.id)],
+             last_error = 'lease expired: worker ' || e.workers[array_position(e.ids, j.id)]
                           || ' stopped renewing it (crashed, hung or cut off)',
              run_at = now(),
              updated_at = now()
-         FROM expired e
-         WHERE j.id = ANY((SELECT ids FROM picked)::uuid[]) AND j.id = e.job_id
-         RETURNING j.id, j.queue, j.kind, e.attempt, e.worker, j.state, j.last_error,
-                   e.started_at
+         FROM e
+         WHERE j.id = ANY(e.ids)
+         RETURNING j.id, j.queue, j.kind, j.attempts AS attempt,
+                   e.workers[array_position(e.ids, j.id)] AS worker, j.state, j.last_error,
+                   j.started_at
      ), log AS (
          INSERT INTO job_attempts (job_id, attempt, worker, started_at, finished_at,
                                    outcome, error)

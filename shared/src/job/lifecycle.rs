@@ -149,10 +149,11 @@ pub async fn complete_batch(
 /// completions as arrays (id, attempt, next state, outcome, result, error, retry time), `$8`:
 /// the worker.
 ///
-/// The leases are found by primary key (`= ANY($1)`) and each one's outcome is read from the
-/// arrays at its id's position, without a join between the outcomes and the leases: whatever
-/// the planner believes of the tables, nothing here can read the whole of `job_leases`, whose
-/// dead rows (a row in and out per job) stay until vacuum. The join this replaced
+/// The leases are looked up by their ids (`= ANY($1)`, the primary key) and each one's outcome
+/// is read from the arrays at its id's position, with no join between the outcomes and the
+/// leases for the planner to hash against a scan of `job_leases`, whose dead rows (a row in and
+/// out per job) stay until vacuum (`api/tests/worker_plans.rs` checks the plan). The join this
+/// replaced
 /// (`DELETE ... USING unnest(...)`) was hashed against a sequential scan of the table when
 /// planned while the table was small, a plan kept (see [`CLAIM_SQL`]) as the table grew with
 /// every job ever run; and joined by key instead, it rescanned the unnested outcomes once per
