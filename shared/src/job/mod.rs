@@ -3,7 +3,7 @@
 //! Every state change is one SQL statement guarded by `WHERE state = ...`, so races between
 //! relays, workers and the API are decided by Postgres, not by code that reads then writes.
 //! Claims and completions live in [`lifecycle`]; cancel and retry by hand in [`control`];
-//! per-queue figures for operators in [`stats`].
+//! per-queue figures for operators in [`stats`]; the list of a tenant's jobs in [`list`].
 //!
 //! A running attempt is a row of `job_leases`, not a state stored on the job (see
 //! `migrations/20261125000011_job_leases.sql`): while it runs, the job row keeps its stored
@@ -13,6 +13,7 @@
 pub mod control;
 pub mod lease;
 pub mod lifecycle;
+pub mod list;
 pub mod retention;
 pub mod stats;
 
@@ -234,30 +235,6 @@ pub fn valid_queue_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
-/// The list query (public so that a test can check its plans). `$1` tenant, `$2` queue, `$3`
-/// state, `$4` kind, `$5` schedule, `$6` cursor (ids below it), `$7` page size.
-///
-/// The state filter is on the stored state, which the indexes know, so that listing, say, the
-/// few `dead` jobs among millions of `succeeded` ones stays an index range; `running` is "has a
-/// lease", read from the leases (newest first, each joined to its job by key) rather than from
-/// the stored `queued` jobs, which include the whole backlog.
-pub const LIST_SQL: &str = concat!(
-    "SELECT ",
-    job_columns!(),
-    " ",
-    from_jobs!(),
-    " WHERE j.tenant = $1
-       AND ($2::text IS NULL OR j.queue = $2)
-       AND ($3::job_state IS NULL
-            OR (($3 = 'running' OR j.state = $3)
-                AND (l.job_id IS NOT NULL) = ($3 = 'running')))
-       AND ($4::text IS NULL OR j.kind = $4)
-       AND ($5::uuid IS NULL OR j.schedule_id = $5)
-       AND ($6::uuid IS NULL OR j.id < $6)
-     ORDER BY j.id DESC
-     LIMIT $7"
-);
-
 impl Job {
     /// Whether another attempt is allowed after the current one fails.
     pub fn has_attempts_left(&self) -> bool {
@@ -316,7 +293,8 @@ impl Job {
 
     /// A page of a tenant's jobs, newest first. Keyset pagination on the time-ordered id.
     pub async fn list(pool: &PgPool, tenant: &str, filter: &JobFilter) -> sqlx::Result<Vec<Job>> {
-        sqlx::query_as(LIST_SQL)
+        // Built from the filters' shape only, never from their values (see `list`).
+        sqlx::query_as(sqlx::AssertSqlSafe(list::list_sql(filter)))
             .bind(tenant)
             .bind(&filter.queue)
             .bind(filter.state)
