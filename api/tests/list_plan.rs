@@ -9,7 +9,7 @@ mod support;
 
 use conveyor_shared::job::{JobFilter, JobId, JobState, list::list_sql};
 use serde_json::Value;
-use support::{Options, TestApp, rows_scanned};
+use support::{TestApp, rows_scanned};
 use uuid::Uuid;
 
 /// A filter shape to list by, and the size of the page it must return.
@@ -139,12 +139,7 @@ async fn check(conn: &mut sqlx::PgConnection, cases: &[Case], plans: &str) {
 
 #[tokio::test]
 async fn a_page_of_jobs_reads_about_a_page_for_every_filter_whatever_the_plan() {
-    let app = TestApp::spawn_with(Options {
-        worker: false,
-        run_relay: false,
-        ..Default::default()
-    })
-    .await;
+    let app = TestApp::without_worker_or_relay().await;
     let schedule = Uuid::now_v7();
     let mut conn = app.pool.acquire().await.unwrap();
     // Planned on the empty tables and kept: the generic plan at once (Postgres would switch to

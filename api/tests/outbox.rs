@@ -19,17 +19,8 @@ use conveyor_shared::{
 use lapin::options::BasicGetOptions;
 use reqwest::StatusCode;
 use serde_json::json;
-use support::{Options, TestApp, amqp_url, eventually, message_count, noop};
+use support::{TestApp, amqp_url, eventually, message_count, noop};
 use tokio_util::sync::CancellationToken;
-
-async fn spawn_without_relay() -> TestApp {
-    TestApp::spawn_with(Options {
-        worker: false,
-        run_relay: false,
-        ..Default::default()
-    })
-    .await
-}
 
 /// Starts a relay for `app`'s queues; cancel the token and await the handle to stop it.
 fn start_relay(app: &TestApp) -> (CancellationToken, tokio::task::JoinHandle<()>) {
@@ -106,7 +97,7 @@ async fn drain_default(app: &TestApp) -> Vec<JobId> {
 
 #[tokio::test]
 async fn a_job_cancelled_before_it_is_published_never_reaches_rabbitmq() {
-    let app = spawn_without_relay().await;
+    let app = TestApp::without_worker_or_relay().await;
     let cancelled: JobId = app.enqueue(noop(json!({}))).await.parse().unwrap();
     let kept: JobId = app.enqueue(noop(json!({}))).await.parse().unwrap();
     assert_eq!(
@@ -140,7 +131,7 @@ async fn a_job_cancelled_before_it_is_published_never_reaches_rabbitmq() {
 
 #[tokio::test]
 async fn publishing_leaves_the_job_row_untouched() {
-    let app = spawn_without_relay().await;
+    let app = TestApp::without_worker_or_relay().await;
     let id: JobId = app.enqueue(noop(json!({}))).await.parse().unwrap();
     // `xmin` and `ctid` change with any new version of the row, HOT or not.
     let version = || async {
@@ -174,7 +165,7 @@ async fn publishing_leaves_the_job_row_untouched() {
 /// anew once the relay's delete has committed.
 #[tokio::test]
 async fn a_job_queued_again_while_a_relay_publishes_it_stays_in_the_outbox() {
-    let app = spawn_without_relay().await;
+    let app = TestApp::without_worker_or_relay().await;
     let id: JobId = app
         .enqueue(json!({"kind": "noop", "max_attempts": 1}))
         .await
@@ -230,7 +221,7 @@ async fn a_job_queued_again_while_a_relay_publishes_it_stays_in_the_outbox() {
 /// deleted job is ever sent.
 #[tokio::test]
 async fn purging_a_finished_job_takes_its_outbox_row_with_it() {
-    let app = spawn_without_relay().await;
+    let app = TestApp::without_worker_or_relay().await;
     let id: JobId = app.enqueue(noop(json!({}))).await.parse().unwrap();
     sqlx::query(
         "UPDATE jobs SET state = 'succeeded', finished_at = now() - interval '1 day'

@@ -6,16 +6,11 @@ mod support;
 
 use conveyor_shared::outbox::LOCK_DUE_SQL;
 use serde_json::Value;
-use support::{Options, TestApp};
+use support::TestApp;
 
 #[tokio::test]
 async fn the_relays_batch_is_an_ordered_index_scan_however_long_the_backlog() {
-    let app = TestApp::spawn_with(Options {
-        worker: false,
-        run_relay: false,
-        ..Default::default()
-    })
-    .await;
+    let app = TestApp::without_worker_or_relay().await;
     // 50,000 jobs waiting to be published over three priorities, plus finished history and
     // scheduled jobs.
     sqlx::query(

@@ -14,7 +14,7 @@ use conveyor_shared::job::{
     lifecycle::{CLAIM_SQL, COMPLETE_SQL},
 };
 use serde_json::Value;
-use support::{Options, TestApp, rows_scanned};
+use support::{TestApp, rows_scanned};
 use uuid::Uuid;
 
 /// `ids` as a Postgres array literal.
@@ -37,12 +37,7 @@ fn modified(node: &Value, operation: &str) -> f64 {
 
 #[tokio::test]
 async fn the_workers_statements_find_their_rows_by_key_with_plans_made_on_empty_tables() {
-    let app = TestApp::spawn_with(Options {
-        worker: false,
-        run_relay: false,
-        ..Default::default()
-    })
-    .await;
+    let app = TestApp::without_worker_or_relay().await;
     let mut conn = app.pool.acquire().await.unwrap();
     // The generic plan at once; Postgres would switch to it after five runs whose custom plans
     // cost no less.

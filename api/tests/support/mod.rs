@@ -120,6 +120,17 @@ impl TestApp {
         .await
     }
 
+    /// An api alone, without a worker or a relay: what is in the tables and the queues is the
+    /// test's to put there and to move.
+    pub async fn without_worker_or_relay() -> Self {
+        Self::spawn_with(Options {
+            worker: false,
+            run_relay: false,
+            ..Default::default()
+        })
+        .await
+    }
+
     pub async fn spawn_with(options: Options) -> Self {
         init_test_logging();
         conveyor_worker::tls::install();
