@@ -63,10 +63,17 @@ pub struct Config {
 /// Jobs a worker runs at once unless `CONVEYOR_WORKER_CONCURRENCY` says otherwise.
 const DEFAULT_CONCURRENCY: usize = 128;
 
-/// Deliveries held ahead for a worker running `concurrency` jobs at once: two windows, so the
-/// next claim's deliveries are already here while a window's outcomes are being recorded.
+/// Deliveries held ahead for a worker running `concurrency` jobs at once: four times as many,
+/// Celery's default multiplier too. A delivery is acked only once its outcome is committed, and
+/// RabbitMQ sends the next ones only after the acks (a round trip through the quorum queue's
+/// log), so the window must cover the claim, the run, the completion and that round trip. At
+/// twice the concurrency, a worker draining a backlog of noop jobs waited for deliveries with a
+/// quarter of both cores idle; at four times it drained 9% faster (5,862-5,921 against
+/// 6,366-6,524 jobs/s, `scripts/bench.sh --only batch --jobs 40000`, docs/benchmarks.md). The
+/// cost: messages held by one busy worker wait there while another may be idle, so a fleet of
+/// long jobs is better served by a smaller `CONVEYOR_WORKER_PREFETCH`.
 fn default_prefetch(concurrency: usize) -> u16 {
-    (concurrency * 2).min(u16::MAX as usize) as u16
+    (concurrency * 4).min(u16::MAX as usize) as u16
 }
 
 impl Config {
