@@ -111,28 +111,25 @@ pub struct QueueStats {
 /// `$2` queues.
 ///
 /// The stored states are counted alone, from `jobs_tenant_queue_state_id`, and the leases are
-/// laid over them afterwards: each leased job moves from its stored state to `running`. Joined
-/// to the leases row by row (as this was), the count probed or hashed `job_leases` once per job
-/// the tenant ever had, the finished ones included, to find the few hundred that run. The
-/// leases are looked up in `jobs` by key, in a lateral subquery kept apart by `OFFSET 0` so that
-/// no plan (one kept from empty tables included) can turn it into a scan of `jobs`.
-pub const COUNTS_SQL: &str = "WITH leased AS MATERIALIZED (
-                 SELECT j.queue, j.state
+/// laid over them afterwards: each leased job moves one count from its stored state to
+/// `running`. Joined to the leases row by row (as this was), the count probed or hashed
+/// `job_leases` once per job the tenant ever had, the finished ones included, to find the few
+/// hundred that run. The leases are looked up in `jobs` by key, in a lateral subquery kept
+/// apart by `OFFSET 0` so that no plan (one kept from empty tables included) can turn it into a
+/// scan of `jobs`.
+pub const COUNTS_SQL: &str = "SELECT queue, state, sum(n)::int8 AS n FROM (
+                 SELECT queue, state, count(*) AS n FROM jobs
+                 WHERE tenant = $1 AND queue = ANY($2)
+                 GROUP BY 1, 2
+                 UNION ALL
+                 SELECT j.queue, moved.state, moved.n
                  FROM job_leases l
                  CROSS JOIN LATERAL (
                      SELECT queue, state FROM jobs
                      WHERE id = l.job_id AND tenant = $1 AND queue = ANY($2)
                      OFFSET 0
                  ) j
-             )
-             SELECT queue, state, sum(n)::int8 AS n FROM (
-                 SELECT queue, state, count(*) AS n FROM jobs
-                 WHERE tenant = $1 AND queue = ANY($2)
-                 GROUP BY 1, 2
-                 UNION ALL
-                 SELECT queue, state, -count(*) FROM leased GROUP BY 1, 2
-                 UNION ALL
-                 SELECT queue, 'running', count(*) FROM leased GROUP BY 1
+                 CROSS JOIN LATERAL (VALUES (j.state, -1::int8), ('running', 1)) moved (state, n)
              ) c
              GROUP BY 1, 2";
 
