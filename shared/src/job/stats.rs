@@ -105,7 +105,8 @@ pub struct QueueStats {
     pub run_seconds: Percentiles,
 }
 
-// The queries, public so that the benchmark (`api/tests/queues_bench.rs`) can EXPLAIN them.
+// The queries, public so that the benchmark (`api/tests/queues_bench.rs`) can EXPLAIN them and
+// `api/tests/stats_plan.rs` can check their plans.
 
 /// Jobs by queue and state (a leased job counts as `running`, see `job_leases`). `$1` tenant,
 /// `$2` queues.
