@@ -357,16 +357,23 @@ impl Schedule {
         before: Option<Uuid>,
         limit: i64,
     ) -> sqlx::Result<Vec<Schedule>> {
-        sqlx::query_as(
-            "SELECT * FROM schedules
-             WHERE tenant = $1 AND ($2::uuid IS NULL OR id < $2)
-             ORDER BY id DESC LIMIT $3",
-        )
-        .bind(tenant)
-        .bind(before)
-        .bind(limit)
-        .fetch_all(pool)
-        .await
+        sqlx::query_as(Self::list_sql(before.is_some()))
+            .bind(tenant)
+            .bind(before)
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+    }
+
+    /// [`Self::list`]'s statement: the first page, or a later one (`after_cursor`), each its
+    /// own prepared statement, for the reason given at [`crate::audit::list_sql`] (public so
+    /// that a test can check their plans). `$1` tenant, `$2` the cursor, `$3` page size.
+    pub fn list_sql(after_cursor: bool) -> &'static str {
+        if after_cursor {
+            "SELECT * FROM schedules WHERE tenant = $1 AND id < $2 ORDER BY id DESC LIMIT $3"
+        } else {
+            "SELECT * FROM schedules WHERE tenant = $1 ORDER BY id DESC LIMIT $3"
+        }
     }
 
     /// Applies `changes` under the row lock, in the caller's transaction `tx` (which holds the
