@@ -8,8 +8,7 @@
 mod support;
 
 use conveyor_shared::job::{JobFilter, JobId, JobState, list::list_sql};
-use serde_json::Value;
-use support::{TestApp, rows_scanned};
+use support::{TestApp, explain_analyze, replan_with_statistics, rows_scanned, run_all};
 use uuid::Uuid;
 
 /// A filter shape to list by, and the size of the page it must return.
@@ -87,41 +86,28 @@ fn arguments(filter: &JobFilter) -> String {
 
 /// Prepares each case's statement on `conn` as `list_<i>` and runs it once (which plans it).
 async fn prepare(conn: &mut sqlx::PgConnection, cases: &[Case]) {
-    for (i, case) in cases.iter().enumerate() {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
+    let prepare = |(i, case): (usize, &Case)| {
+        format!(
             "PREPARE list_{i}(text, text, job_state, text, uuid, uuid, int8) AS {}",
             list_sql(&case.filter)
-        )))
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    }
+        )
+    };
+    run_all(&mut *conn, cases.iter().enumerate().map(prepare)).await;
     run_each(conn, cases).await;
 }
 
 /// Runs each case's prepared statement once.
 async fn run_each(conn: &mut sqlx::PgConnection, cases: &[Case]) {
-    for (i, case) in cases.iter().enumerate() {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "EXECUTE list_{i}({})",
-            arguments(&case.filter)
-        )))
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    }
+    let execute =
+        |(i, case): (usize, &Case)| format!("EXECUTE list_{i}({})", arguments(&case.filter));
+    run_all(conn, cases.iter().enumerate().map(execute)).await;
 }
 
 /// Runs each case's prepared statement and checks the page it returns and the rows it reads.
 async fn check(conn: &mut sqlx::PgConnection, cases: &[Case], plans: &str) {
     for (i, case) in cases.iter().enumerate() {
-        let plan: Value = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE list_{i}({})",
-            arguments(&case.filter)
-        )))
-        .fetch_one(&mut *conn)
-        .await
-        .unwrap();
+        let statement = format!("EXECUTE list_{i}({})", arguments(&case.filter));
+        let plan = explain_analyze(&mut *conn, &statement).await;
         let (name, root) = (case.name, &plan[0]["Plan"]);
         assert_eq!(
             root["Actual Rows"], case.expected,
@@ -145,10 +131,7 @@ async fn a_page_of_jobs_reads_about_a_page_for_every_filter_whatever_the_plan() 
     // Planned on the empty tables and kept: the generic plan at once (Postgres would switch to
     // it after five runs whose custom plans cost no less). The cursors' values do not matter
     // to a generic plan.
-    sqlx::query("SET plan_cache_mode = force_generic_plan")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
+    run_all(&mut conn, ["SET plan_cache_mode = force_generic_plan"]).await;
     prepare(&mut conn, &cases(schedule, Uuid::nil(), Uuid::nil())).await;
 
     // 50,000 queued jobs, 300 of them running, 50,000 succeeded and 20 dead; 10 of them
@@ -190,16 +173,12 @@ async fn a_page_of_jobs_reads_about_a_page_for_every_filter_whatever_the_plan() 
     check(&mut conn, &cases, "plans kept from empty tables").await;
 
     // With statistics, as autovacuum keeps them, and Postgres choosing its plans.
-    for statement in ["ANALYZE jobs, job_leases", "RESET plan_cache_mode"] {
-        sqlx::query(statement).execute(&mut *conn).await.unwrap();
-    }
-    // Not DEALLOCATE ALL, which would take sqlx's own statements too.
-    for i in 0..cases.len() {
-        sqlx::query(sqlx::AssertSqlSafe(format!("DEALLOCATE list_{i}")))
-            .execute(&mut *conn)
-            .await
-            .unwrap();
-    }
+    replan_with_statistics(
+        &mut conn,
+        "jobs, job_leases",
+        (0..cases.len()).map(|i| format!("list_{i}")),
+    )
+    .await;
     prepare(&mut conn, &cases).await;
     // Five more runs each, so that a generic plan, if Postgres switches to one, is checked.
     for _ in 0..5 {

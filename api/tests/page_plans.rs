@@ -6,8 +6,7 @@
 mod support;
 
 use conveyor_shared::{audit, schedule::Schedule};
-use serde_json::Value;
-use support::{TestApp, rows_scanned};
+use support::{TestApp, explain_analyze, replan_with_statistics, rows_scanned, run_all};
 use uuid::Uuid;
 
 /// Rows per tenant in each table; the later page starts this far below the newest.
@@ -48,37 +47,19 @@ fn execute(case: &Case) -> String {
 
 /// Prepares every case on `conn` and runs each once (which plans it).
 async fn prepare(conn: &mut sqlx::PgConnection, cases: &[Case]) {
-    for case in cases {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "PREPARE {}(text, uuid, int8) AS {}",
-            case.name, case.sql
-        )))
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    }
+    let prepare = |c: &Case| format!("PREPARE {}(text, uuid, int8) AS {}", c.name, c.sql);
+    run_all(&mut *conn, cases.iter().map(prepare)).await;
     run_each(conn, cases).await;
 }
 
 async fn run_each(conn: &mut sqlx::PgConnection, cases: &[Case]) {
-    for case in cases {
-        sqlx::query(sqlx::AssertSqlSafe(execute(case)))
-            .execute(&mut *conn)
-            .await
-            .unwrap();
-    }
+    run_all(conn, cases.iter().map(execute)).await;
 }
 
 /// Runs each case under `EXPLAIN ANALYZE`: a full page, read from about a page of rows.
 async fn check(conn: &mut sqlx::PgConnection, cases: &[Case], plans: &str) {
     for case in cases {
-        let plan: Value = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "EXPLAIN (ANALYZE, FORMAT JSON) {}",
-            execute(case)
-        )))
-        .fetch_one(&mut *conn)
-        .await
-        .unwrap();
+        let plan = explain_analyze(&mut *conn, &execute(case)).await;
         let (name, root) = (&case.name, &plan[0]["Plan"]);
         assert_eq!(root["Actual Rows"], PAGE, "{name}, {plans}: {plan:#}");
         let scanned = rows_scanned(root);
@@ -96,10 +77,7 @@ async fn a_page_of_the_audit_trail_or_of_schedules_reads_about_a_page_whatever_t
     let mut conn = app.pool.acquire().await.unwrap();
     // Planned on the empty tables and kept: the generic plan at once (Postgres would switch to
     // it after five runs whose custom plans cost no less).
-    sqlx::query("SET plan_cache_mode = force_generic_plan")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
+    run_all(&mut conn, ["SET plan_cache_mode = force_generic_plan"]).await;
     prepare(&mut conn, &cases(Some(Uuid::nil()), Some(Uuid::nil()))).await;
 
     // Ours and another tenant's, interleaved in id order.
@@ -135,15 +113,12 @@ async fn a_page_of_the_audit_trail_or_of_schedules_reads_about_a_page_whatever_t
     check(&mut conn, &cases, "plans kept from empty tables").await;
 
     // With statistics, as autovacuum keeps them, and Postgres choosing its plans.
-    for statement in ["ANALYZE audit_log, schedules", "RESET plan_cache_mode"] {
-        sqlx::query(statement).execute(&mut *conn).await.unwrap();
-    }
-    for case in &cases {
-        sqlx::query(sqlx::AssertSqlSafe(format!("DEALLOCATE {}", case.name)))
-            .execute(&mut *conn)
-            .await
-            .unwrap();
-    }
+    replan_with_statistics(
+        &mut conn,
+        "audit_log, schedules",
+        cases.iter().map(|c| c.name.clone()),
+    )
+    .await;
     prepare(&mut conn, &cases).await;
     // Five more runs each, so that a generic plan, if Postgres switches to one, is checked.
     for _ in 0..5 {

@@ -8,8 +8,7 @@
 mod support;
 
 use conveyor_shared::job::stats::{COUNTS_SQL, MAX_SAMPLES, WAITING_SQL, WINDOWS_SQL};
-use serde_json::Value;
-use support::{TestApp, rows_scanned};
+use support::{TestApp, explain_analyze, replan_with_statistics, rows_scanned, run_all};
 
 /// Our tenant's jobs: finished an hour ago (outside every window), finished a minute ago,
 /// waiting, and how many of the waiting ones run (leased). A small share of the table, as one
@@ -74,31 +73,18 @@ fn cases() -> Vec<Case> {
 
 /// Prepares every case on `conn` and runs each once (which plans it).
 async fn prepare(conn: &mut sqlx::PgConnection, cases: &[Case]) {
-    for case in cases {
-        sqlx::query(sqlx::AssertSqlSafe(case.prepare.clone()))
-            .execute(&mut *conn)
-            .await
-            .unwrap();
-    }
+    run_all(&mut *conn, cases.iter().map(|c| c.prepare.as_str())).await;
     run_each(conn, cases).await;
 }
 
 async fn run_each(conn: &mut sqlx::PgConnection, cases: &[Case]) {
-    for case in cases {
-        sqlx::query(case.execute).execute(&mut *conn).await.unwrap();
-    }
+    run_all(conn, cases.iter().map(|c| c.execute)).await;
 }
 
 /// Runs each case under `EXPLAIN ANALYZE` and checks the rows it read.
 async fn check(conn: &mut sqlx::PgConnection, cases: &[Case], plans: &str) {
     for case in cases {
-        let plan: Value = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "EXPLAIN (ANALYZE, FORMAT JSON) {}",
-            case.execute
-        )))
-        .fetch_one(&mut *conn)
-        .await
-        .unwrap();
+        let plan = explain_analyze(&mut *conn, case.execute).await;
         let scanned = rows_scanned(&plan[0]["Plan"]);
         assert!(
             scanned <= case.most_rows,
@@ -161,10 +147,7 @@ async fn queue_statistics_read_only_their_own_rows_whatever_the_plan() {
     let cases = cases();
     // Planned on the empty tables and kept: the generic plan at once (Postgres would switch to
     // it after five runs whose custom plans cost no less).
-    sqlx::query("SET plan_cache_mode = force_generic_plan")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
+    run_all(&mut conn, ["SET plan_cache_mode = force_generic_plan"]).await;
     prepare(&mut conn, &cases).await;
 
     for (tenant, old, recent) in [
@@ -215,15 +198,12 @@ async fn queue_statistics_read_only_their_own_rows_whatever_the_plan() {
     check_figures(&mut conn).await;
 
     // With statistics, as autovacuum keeps them, and Postgres choosing its plans.
-    for statement in ["ANALYZE jobs, job_leases", "RESET plan_cache_mode"] {
-        sqlx::query(statement).execute(&mut *conn).await.unwrap();
-    }
-    for case in &cases {
-        sqlx::query(sqlx::AssertSqlSafe(format!("DEALLOCATE {}", case.name)))
-            .execute(&mut *conn)
-            .await
-            .unwrap();
-    }
+    replan_with_statistics(
+        &mut conn,
+        "jobs, job_leases",
+        cases.iter().map(|c| c.name.to_owned()),
+    )
+    .await;
     prepare(&mut conn, &cases).await;
     // Five more runs each, so that a generic plan, if Postgres switches to one, is checked.
     for _ in 0..5 {

@@ -440,6 +440,47 @@ where
     }
 }
 
+/// Runs each of `statements` on `conn` in turn (a plan test's `SET`, `ANALYZE`, `PREPARE`,
+/// `DEALLOCATE`...), panicking on the first that fails.
+pub async fn run_all<S: AsRef<str>>(
+    conn: &mut sqlx::PgConnection,
+    statements: impl IntoIterator<Item = S>,
+) {
+    for statement in statements {
+        let statement = statement.as_ref();
+        if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(statement.to_owned()))
+            .execute(&mut *conn)
+            .await
+        {
+            panic!("{statement}: {e}");
+        }
+    }
+}
+
+/// A plan test's second half: gives Postgres statistics on `tables` (as autovacuum keeps
+/// them) and its own choice of plan back, and drops the prepared statements `names`, so that
+/// they are planned anew. (Not `DEALLOCATE ALL`, which would take sqlx's own statements too.)
+pub async fn replan_with_statistics(
+    conn: &mut sqlx::PgConnection,
+    tables: &str,
+    names: impl IntoIterator<Item = String>,
+) {
+    let replan = [format!("ANALYZE {tables}"), "RESET plan_cache_mode".into()];
+    let deallocate = names.into_iter().map(|name| format!("DEALLOCATE {name}"));
+    run_all(conn, replan.into_iter().chain(deallocate)).await;
+}
+
+/// `EXPLAIN (ANALYZE, FORMAT JSON)` of `statement` on `conn` (which runs it): the whole output,
+/// whose `[0]["Plan"]` is the root node.
+pub async fn explain_analyze(conn: &mut sqlx::PgConnection, statement: &str) -> Value {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "EXPLAIN (ANALYZE, FORMAT JSON) {statement}"
+    )))
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap_or_else(|e| panic!("EXPLAIN ANALYZE {statement}: {e}"))
+}
+
 /// Rows read by every scan of a plan's nodes, from `EXPLAIN (ANALYZE, FORMAT JSON)`: those a
 /// scan returned and those it read and dropped (`Rows Removed by Filter`, by a recheck), times
 /// its loops. A statement that finds its rows by key reads about as many as it touches; one
