@@ -141,7 +141,9 @@ pub async fn list(
 /// One text for both, `($2::uuid IS NULL OR id < $2)`, leaves Postgres one generic plan, which
 /// it switches to after five runs: it cannot use the cursor as a bound of the index range, so
 /// a later page read every newer entry of the tenant and dropped them (49,900 rows for the
-/// page 50,000 entries down, 20 ms, `psql`), a cost that grew with the trail.
+/// page 50,000 entries down, 20 ms, `psql`), a cost that grew with the trail. The plan kept
+/// from empty tables was worse: even the first page read the whole table, every tenant's
+/// entries (`api/tests/page_plans.rs`).
 pub fn list_sql(after_cursor: bool) -> &'static str {
     if after_cursor {
         "SELECT id, at, tenant, key_id, action, target, detail, remote_addr FROM audit_log
