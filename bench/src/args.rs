@@ -65,6 +65,12 @@ pub struct Args {
     /// Noop jobs in the batch run.
     #[arg(long, default_value_t = 20_000)]
     pub jobs: usize,
+    /// Batch runs, each followed by a raw RabbitMQ run when that section runs too. With more
+    /// than one, the report ends with each round's share of the raw rate around it and their
+    /// median: the raw rate drifts from minute to minute, so one round can land either side of
+    /// a target that the median does not.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rounds: u32,
     /// Jobs per batch request.
     #[arg(long, default_value_t = 1000)]
     pub batch: usize,

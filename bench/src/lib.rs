@@ -67,13 +67,17 @@ pub async fn measure(args: &Args) -> anyhow::Result<Report> {
     }
     let target = throughput::Target::connect(&args).await?;
     if args.wants(Section::Batch) {
-        let batch = throughput::batch(&target, &args).await?;
-        report.throughput(&batch);
-        // The raw rate drifts on a shared machine (here it moved 1.5x from one run to the next),
-        // so the batch run is read against a raw run on either side of it, not one before only.
-        if args.wants(Section::RawBroker) {
-            report.raw_broker_after(&raw_broker::run(&args).await?, &batch);
+        for _ in 0..args.rounds {
+            let batch = throughput::batch(&target, &args).await?;
+            report.throughput(&batch);
+            // The raw rate drifts on a shared machine (here it moved 1.5x from one run to the
+            // next), so each batch run is read against a raw run on either side of it, not one
+            // before only; the raw run after one round is the one before the next.
+            if args.wants(Section::RawBroker) {
+                report.raw_broker_after(&raw_broker::run(&args).await?, &batch);
+            }
         }
+        report.rounds();
     }
     if args.wants(Section::Single) {
         report.throughput(&throughput::single(&target, &args).await?);

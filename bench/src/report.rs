@@ -14,8 +14,38 @@ use crate::{
 #[derive(Default)]
 pub struct Report {
     rows: Vec<(String, String)>,
+    /// The latest raw round-trip rate: the reference for the next end-to-end run.
     raw_round_trip_rate: Option<f64>,
+    /// Each batch run with the raw rates measured right before and right after it.
+    rounds: Vec<Round>,
     soak: Option<Soak>,
+}
+
+/// One batch run between two raw broker runs, as rates per second.
+#[derive(Debug, Clone, Copy)]
+struct Round {
+    raw_before: f64,
+    batch: f64,
+    raw_after: f64,
+}
+
+impl Round {
+    /// The batch rate as a share of the mean of the raw rates on either side of it.
+    fn share(&self) -> f64 {
+        self.batch / ((self.raw_before + self.raw_after) / 2.0)
+    }
+}
+
+/// The median of `values` (the mean of the middle two for an even count); `None` when empty.
+fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable_by(f64::total_cmp);
+    let n = sorted.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(sorted[n / 2]),
+        _ => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
+    }
 }
 
 fn rate(n: usize, d: Duration) -> f64 {
@@ -98,7 +128,47 @@ impl Report {
                     100.0 * batch / after
                 ),
             );
+            self.rounds.push(Round {
+                raw_before: before,
+                batch,
+                raw_after: after,
+            });
         }
+        self.raw_round_trip_rate = Some(after);
+    }
+
+    /// With more than one round, each round's share of the raw rate around it and the median
+    /// share, batch rate and raw rate over them.
+    pub fn rounds(&mut self) {
+        if self.rounds.len() < 2 {
+            return;
+        }
+        let shares: Vec<f64> = self.rounds.iter().map(Round::share).collect();
+        let batches: Vec<f64> = self.rounds.iter().map(|r| r.batch).collect();
+        // Every raw run once: the one before the first round, then the one after each.
+        let raws: Vec<f64> = std::iter::once(self.rounds[0].raw_before)
+            .chain(self.rounds.iter().map(|r| r.raw_after))
+            .collect();
+        let each: Vec<String> = shares
+            .iter()
+            .map(|s| format!("{:.0}%", 100.0 * s))
+            .collect();
+        let n = self.rounds.len();
+        self.row(
+            format!(
+                "batch end to end against the mean of the raw rates before and after it, {n} rounds"
+            ),
+            each.join(", "),
+        );
+        let (share, batch, raw) = (
+            median(&shares).unwrap_or_default(),
+            median(&batches).unwrap_or_default(),
+            median(&raws).unwrap_or_default(),
+        );
+        self.row(
+            format!("median of {n} rounds: share of raw / batch end to end / raw RabbitMQ"),
+            format!("{:.0}% / {batch:.0} jobs/s / {raw:.0} msg/s", 100.0 * share),
+        );
     }
 
     pub fn raw_postgres(&mut self, r: &RawPostgres) {
@@ -220,5 +290,88 @@ impl fmt::Display for Report {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(per_sec: f64) -> RawBroker {
+        RawBroker {
+            messages: 20_000,
+            queue_type: "quorum".into(),
+            ack_every: 100,
+            publish: Duration::from_secs_f64(20_000.0 / per_sec),
+            round_trip: Duration::from_secs_f64(20_000.0 / per_sec),
+        }
+    }
+
+    fn batch(per_sec: f64) -> Throughput {
+        Throughput {
+            label: "batch".into(),
+            jobs: 20_000,
+            succeeded: 20_000,
+            enqueue: Duration::from_secs(1),
+            end_to_end: Duration::from_secs_f64(20_000.0 / per_sec),
+            cpu: Vec::new(),
+        }
+    }
+
+    fn figure<'a>(report: &'a Report, starts: &str) -> Option<&'a str> {
+        report
+            .rows()
+            .iter()
+            .find(|(what, _)| what.starts_with(starts))
+            .map(|(_, figure)| figure.as_str())
+    }
+
+    #[test]
+    fn median_of_odd_even_and_no_values() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
+    }
+
+    #[test]
+    fn each_round_is_read_against_the_raw_runs_on_either_side() {
+        let mut report = Report::default();
+        report.raw_broker(&raw(20_000.0));
+        // 10,000 between 20,000 and 30,000: 40%; then 12,000 between 30,000 and 18,000: 50%;
+        // then 11,000 between 18,000 and 26,000: 50%.
+        for (b, after) in [
+            (10_000.0, 30_000.0),
+            (12_000.0, 18_000.0),
+            (11_000.0, 26_000.0),
+        ] {
+            report.raw_broker_after(&raw(after), &batch(b));
+        }
+        report.rounds();
+        assert_eq!(
+            figure(&report, "batch end to end against the mean"),
+            Some("40%, 50%, 50%")
+        );
+        // Raw runs 20k, 30k, 18k, 26k: median 23k.
+        assert_eq!(
+            figure(&report, "median of 3 rounds"),
+            Some("50% / 11000 jobs/s / 23000 msg/s")
+        );
+        // The second round's before is the first round's after.
+        let befores: Vec<&str> = report
+            .rows()
+            .iter()
+            .filter(|(what, _)| what.starts_with("batch end to end against the raw rate"))
+            .map(|(_, figure)| figure.as_str())
+            .collect();
+        assert_eq!(befores, ["50% / 33%", "40% / 67%", "61% / 42%"]);
+    }
+
+    #[test]
+    fn one_round_adds_no_summary() {
+        let mut report = Report::default();
+        report.raw_broker(&raw(20_000.0));
+        report.raw_broker_after(&raw(20_000.0), &batch(10_000.0));
+        report.rounds();
+        assert_eq!(figure(&report, "median of"), None);
     }
 }
