@@ -6,6 +6,7 @@ use crate::{
     raw_broker::RawBroker,
     raw_postgres::RawPostgres,
     soak::Soak,
+    stats::median,
     throughput::Throughput,
 };
 
@@ -33,18 +34,6 @@ impl Round {
     /// The batch rate as a share of the mean of the raw rates on either side of it.
     fn share(&self) -> f64 {
         self.batch / ((self.raw_before + self.raw_after) / 2.0)
-    }
-}
-
-/// The median of `values` (the mean of the middle two for an even count); `None` when empty.
-fn median(values: &[f64]) -> Option<f64> {
-    let mut sorted = values.to_vec();
-    sorted.sort_unstable_by(f64::total_cmp);
-    let n = sorted.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => Some(sorted[n / 2]),
-        _ => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
     }
 }
 
@@ -324,13 +313,6 @@ mod tests {
             .iter()
             .find(|(what, _)| what.starts_with(starts))
             .map(|(_, figure)| figure.as_str())
-    }
-
-    #[test]
-    fn median_of_odd_even_and_no_values() {
-        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
-        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
-        assert_eq!(median(&[]), None);
     }
 
     #[test]
